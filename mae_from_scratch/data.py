@@ -83,3 +83,435 @@ def denormalize(imgs: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tor
     m = torch.tensor(mean, dtype=imgs.dtype, device=imgs.device).view(3, 1, 1)
     s = torch.tensor(std, dtype=imgs.dtype, device=imgs.device).view(3, 1, 1)
     return (imgs * s + m).clamp(0, 1)
+
+
+# ==================================================================================
+# Data sets for pretraining and evaluation
+#
+# Everything below feeds :mod:`mae_from_scratch.pretrain` and
+# :mod:`mae_from_scratch.evaluate`.  A data set is chosen by name:
+#
+# ``photos``       offline default: random crops of the photographs shipped in
+#                  installed packages (no download, no data directory)
+# ``cifar10``      torchvision download, a local torchvision root, an ImageFolder
+#                  tree or a .tar/.tar.gz of one (e.g. cifar10-jpeg.tar.gz)
+# ``stl10``        torchvision download or a local torchvision root / ImageFolder
+# ``imagefolder``  any ImageFolder tree ROOT/{train,val|test}/<class>/<image>,
+#                  or a .tar/.tar.gz of one
+#
+# Normalization statistics belong to the data set; pretraining stores the ones
+# it used in the checkpoint so that evaluation and pictures reuse them.
+# ==================================================================================
+
+import hashlib  # noqa: E402
+import os  # noqa: E402
+import tarfile  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+STL10_MEAN = (0.4467, 0.4398, 0.4066)
+STL10_STD = (0.2603, 0.2566, 0.2713)
+
+# torchvision's CIFAR-10 label order, which every way of reading CIFAR-10 here keeps.
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+STL10_CLASSES = (
+    "airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck",
+)
+
+# Photographs for the offline default: the chapters' five plus other colour photos
+# that scikit-image installs with itself (its other samples are fetched on demand).
+OFFLINE_PHOTOS = PHOTOS + ("hubble_deep_field", "immunohistochemistry", "retina", "motorcycle")
+
+DATASETS = ("photos", "cifar10", "stl10", "imagefolder")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What belongs to a data set rather than to a run: statistics and class names."""
+
+    name: str
+    mean: tuple
+    std: tuple
+    classes: tuple | None = None
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Normalization statistics (and fixed class order, if any) of a named data set."""
+    if name == "cifar10":
+        return DatasetInfo(name, CIFAR10_MEAN, CIFAR10_STD, CIFAR10_CLASSES)
+    if name == "stl10":
+        return DatasetInfo(name, STL10_MEAN, STL10_STD, STL10_CLASSES)
+    if name in ("imagefolder", "photos"):
+        # ImageNet's statistics: the usual choice for photographs, and what the
+        # official checkpoints expect.
+        return DatasetInfo(name, IMAGENET_MEAN, IMAGENET_STD, None)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+
+
+class DataError(RuntimeError):
+    """A data set cannot be read; the message says which path and why."""
+
+
+# ----------------------------------------------------------------------------------
+# Transforms
+def pretrain_transform(input_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """The official pretraining augmentation: a random resized crop covering 20-100%
+    of the image (bicubic), a horizontal flip, then normalization.  PIL -> ``(3, s, s)``."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(input_size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def eval_transform(input_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct: float = 1.0):
+    """No augmentation: resize the shorter side to ``input_size / crop_pct`` (bicubic),
+    centre crop ``input_size``, normalize.  ``crop_pct=0.875`` is ImageNet's 256 -> 224;
+    small data sets (CIFAR-10 at 32 px) use the whole image (``crop_pct=1``)."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize(int(round(input_size / crop_pct)), interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(input_size),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+# ----------------------------------------------------------------------------------
+# Randomness as a function of (seed, epoch, sample index)
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that depends only on ``(seed, epoch, index)``.
+
+    Augmentation and mask noise are drawn from it, so a sample looks the same
+    whichever worker process, rank or batch it lands in, and a resumed run
+    replays exactly what an uninterrupted run would have seen.
+    """
+    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class MAEPretrainDataset(torch.utils.data.Dataset):
+    """Wraps an image data set for pretraining: item ``(epoch, index)`` ->
+    ``(image (3, s, s), noise (L,))``.
+
+    The augmentation runs under a torch seed made from ``(seed, epoch, index)``
+    (the global generator is saved and restored around it) and the mask noise
+    comes from its own generator with the same seed.  Labels are dropped: MAE
+    never sees them.  A plain integer key means epoch 0.
+    """
+
+    def __init__(self, base, transform, num_patches: int, seed: int = 0):
+        self.base = base
+        self.transform = transform
+        self.num_patches = num_patches
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        img = self.base[index][0]
+        s = sample_seed(self.seed, epoch, index)
+        # torchvision's random transforms draw from torch's default CPU generator:
+        # reseed it for this sample, then put its state back (cheaper than fork_rng).
+        g = torch.default_generator
+        state = g.get_state()
+        g.manual_seed(s)
+        try:
+            img = self.transform(img)
+        finally:
+            g.set_state(state)
+        noise = torch.rand(self.num_patches, generator=torch.Generator().manual_seed(s))
+        return img, noise
+
+
+# ----------------------------------------------------------------------------------
+# Offline default: crops of packaged photographs
+def offline_photo(name: str) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 photograph that ships inside an installed package."""
+    if name in PHOTOS:
+        return _photo_array(name)
+    import skimage.data
+
+    if name == "motorcycle":
+        return skimage.data.stereo_motorcycle()[0]
+    if name in OFFLINE_PHOTOS:
+        return getattr(skimage.data, name)()
+    raise ValueError(f"unknown photo {name!r}; choose one of {OFFLINE_PHOTOS}")
+
+
+class PhotoCrops(torch.utils.data.Dataset):
+    """``num_images`` random square crops of the packaged photographs, as PIL images.
+
+    Item ``i`` -> ``(PIL image size x size, label)`` where the label is the index of
+    the photograph the crop came from (in :data:`OFFLINE_PHOTOS`), which makes a small
+    nine-way "which photo is this?" task for kNN and linear probes.  Crops cover
+    10-100% of a photo's shorter side; ``seed`` fixes them (use different seeds for
+    a training and a test split).
+    """
+
+    def __init__(self, num_images: int = 4096, size: int = 64, seed: int = 0, min_scale: float = 0.1):
+        from PIL import Image
+
+        self.classes = list(OFFLINE_PHOTOS)
+        photos = []
+        for n in self.classes:
+            photo = Image.fromarray(offline_photo(n)).convert("RGB")
+            # Shrink big photos once (shorter side <= 8 x size): crops are then cheap to resize.
+            photo.thumbnail((8 * size * photo.width // min(photo.size), 8 * size * photo.height // min(photo.size)),
+                            Image.BICUBIC)
+            photos.append(photo)
+        g = torch.Generator().manual_seed(seed)
+        self.images, self.targets = [], []
+        for _ in range(num_images):
+            label = int(torch.randint(len(photos), (1,), generator=g))
+            w, h = photos[label].size
+            short = min(w, h)
+            s = max(size, int(short * (min_scale + (1 - min_scale) * torch.rand(1, generator=g).item())))
+            left = int(torch.randint(w - s + 1, (1,), generator=g))
+            top = int(torch.randint(h - s + 1, (1,), generator=g))
+            # reducing_gap: shrink by an integer factor first (box filter), then bicubic: 20x faster.
+            crop = photos[label].resize((size, size), Image.BICUBIC, box=(left, top, left + s, top + s),
+                                        reducing_gap=3.0)
+            self.images.append(crop)
+            self.targets.append(label)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.targets[i]
+
+
+# ----------------------------------------------------------------------------------
+# Archives: a .tar/.tar.gz of an ImageFolder tree is extracted once into a cache
+def data_cache_dir() -> Path:
+    """Where archives are extracted and downloads go: ``$MAE_DATA_CACHE`` or
+    ``~/.cache/mae_from_scratch``."""
+    return Path(os.environ.get("MAE_DATA_CACHE", Path.home() / ".cache" / "mae_from_scratch")).expanduser()
+
+
+def is_archive(path) -> bool:
+    return str(path).endswith((".tar", ".tar.gz", ".tgz"))
+
+
+def _check_member(member: tarfile.TarInfo, dest: Path) -> None:
+    target = (dest / member.name).resolve()
+    if member.name.startswith("/") or not target.is_relative_to(dest.resolve()):
+        raise DataError(f"refusing to extract {member.name!r}: it would be written outside {dest}")
+    if member.issym() or member.islnk():
+        raise DataError(f"refusing to extract {member.name!r}: links are not allowed in a data archive")
+
+
+def extract_archive(path, cache_dir=None) -> Path:
+    """Extract ``path`` (.tar, .tar.gz, .tgz) once and return the extraction folder.
+
+    The folder is named after the archive and a hash of its absolute path, size
+    and modification time, so a changed archive is extracted again.  A marker
+    file written last says the extraction finished; an interrupted one is
+    redone.  Members that would land outside the folder (``../x``, absolute
+    paths) or are links are refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"archive not found: {path}")
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    stem = path.name.removesuffix(".gz").removesuffix(".tgz").removesuffix(".tar")
+    dest = Path(cache_dir) if cache_dir is not None else data_cache_dir()
+    dest = dest / f"{stem}-{key}"
+    marker = dest / ".extracted"
+    if marker.is_file():
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(path) as tar:
+            members = tar.getmembers()
+            for m in members:
+                _check_member(m, dest)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members, filter="data")
+            else:  # Python < 3.11.4: members were checked above
+                tar.extractall(dest, members=members)
+    except tarfile.TarError as e:
+        raise DataError(f"cannot read archive {path}: {e}") from e
+    marker.write_text(str(path.resolve()))
+    return dest
+
+
+def archive_root(path, cache_dir=None) -> Path:
+    """Extract an archive and return its data root: its single top-level folder if it
+    has exactly one (``cifar10/`` in cifar10-jpeg.tar.gz), else the extraction folder."""
+    dest = extract_archive(path, cache_dir)
+    top = [p for p in dest.iterdir() if not p.name.startswith(".")]
+    return top[0] if len(top) == 1 and top[0].is_dir() else dest
+
+
+# ----------------------------------------------------------------------------------
+# ImageFolder with clear errors and, optionally, a fixed class order
+def _pil_loader(path: str):
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except Exception as e:  # PIL raises several types; the file name is what matters
+        raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+
+
+def image_folder(root, classes=None):
+    """``torchvision.datasets.ImageFolder`` on ``root/<class>/<image>``.
+
+    ``classes`` fixes the label order (e.g. CIFAR-10's); every listed class must
+    have a folder.  Raises :class:`DataError` naming the path for a missing or
+    empty folder; an unreadable image raises when it is loaded, naming the file.
+    """
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subdirs:
+        raise DataError(
+            f"{root} has no class folders; ImageFolder expects {root}/<class>/<image>"
+            " (put images in at least one subfolder)"
+        )
+
+    class _Folder(ImageFolder):
+        def find_classes(self, directory):
+            if classes is None:
+                return super().find_classes(directory)
+            missing = [c for c in classes if c not in subdirs]
+            if missing:
+                raise DataError(f"{directory} lacks the class folders {missing} (expected {list(classes)})")
+            return list(classes), {c: i for i, c in enumerate(classes)}
+
+    try:
+        return _Folder(str(root), loader=_pil_loader)
+    except FileNotFoundError as e:
+        raise DataError(
+            f"no images in {root}: its class folders hold no files with an image extension {IMAGE_EXTENSIONS} ({e})"
+        ) from e
+
+
+def _split_dir(root: Path, split: str) -> Path:
+    """ROOT/train for training; ROOT/val, else ROOT/test, for evaluation (as the official code)."""
+    if split == "train":
+        names = ["train"]
+    else:
+        names = ["val", "test"]
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    raise DataError(
+        f"{root} has no {' or '.join(names)} folder; expected the layout "
+        f"{root}/train/<class>/<image> and {root}/val/<class>/<image> (or test/)"
+    )
+
+
+def _resolve_root(data_path) -> Path:
+    path = Path(data_path).expanduser()
+    if not path.exists():
+        raise DataError(f"data path not found: {path}")
+    if path.is_file():
+        if not is_archive(path):
+            raise DataError(f"{path} is a file but not a .tar/.tar.gz archive of an ImageFolder tree")
+        return archive_root(path)
+    return path
+
+
+def _download_error(name: str, e: Exception) -> DataError:
+    return DataError(
+        f"could not download {name} ({type(e).__name__}: {e}). Downloading needs internet; "
+        f"without it, point --data_path at a local copy: a torchvision root that holds the "
+        f"extracted {name} files, an ImageFolder tree ROOT/train/<class>/..., or a .tar/.tar.gz of one"
+    )
+
+
+def build_dataset(name: str, split: str, data_path=None, transform=None, download: bool = True,
+                  num_photos: int = 4096, photo_size: int = 64):
+    """The raw data set (items ``(PIL image or transformed tensor, label)``).
+
+    Args:
+        name: one of :data:`DATASETS`.
+        split: ``'train'`` or ``'test'`` (``'test'`` reads ROOT/val or ROOT/test).
+        data_path: a directory or an archive; ``None`` downloads (cifar10, stl10)
+            or generates (photos).
+        transform: applied to the PIL image; ``None`` returns the PIL image.
+        download: allow torchvision to download when ``data_path`` is ``None``.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    info = dataset_info(name)
+    if name == "photos":
+        ds = PhotoCrops(num_photos if split == "train" else max(num_photos // 4, 1), size=photo_size,
+                        seed=0 if split == "train" else 1)
+        return _Transformed(ds, transform)
+
+    if name in ("cifar10", "stl10"):
+        from torchvision import datasets as tvd
+
+        root = None if data_path is None else _resolve_root(data_path)
+        if root is not None and (root / "train").is_dir():
+            return _Transformed(image_folder(_split_dir(root, split), info.classes), transform)
+        download_root = root if root is not None else data_cache_dir() / name
+        try:
+            if name == "cifar10":
+                ds = tvd.CIFAR10(str(download_root), train=split == "train", transform=transform,
+                                 download=download and root is None)
+            else:
+                ds = tvd.STL10(str(download_root), split="train+unlabeled" if split == "train" else "test",
+                               transform=transform, download=download and root is None)
+        except RuntimeError as e:
+            if root is not None:  # torchvision: "Dataset not found or corrupted"
+                raise DataError(
+                    f"{root} is neither a torchvision {name} root nor an ImageFolder tree with a train/ folder ({e})"
+                ) from e
+            raise _download_error(name, e) from e
+        except OSError as e:  # URLError, connection errors
+            raise _download_error(name, e) from e
+        return ds
+
+    if name == "imagefolder":
+        if data_path is None:
+            raise DataError("--dataset imagefolder needs --data_path ROOT (with ROOT/train/<class>/<image>)")
+        root = _resolve_root(data_path)
+        return _Transformed(image_folder(_split_dir(root, split)), transform)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+
+
+class _Transformed(torch.utils.data.Dataset):
+    """Apply ``transform`` to the image of ``(image, label)`` items (or pass through)."""
+
+    def __init__(self, base, transform=None):
+        self.base = base
+        self.transform = transform
+        self.classes = getattr(base, "classes", None)
+        self.targets = getattr(base, "targets", None)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        img, label = self.base[i]
+        return (img if self.transform is None else self.transform(img)), label
+
+
+def subset(ds, n: int | None, seed: int = 0):
+    """The first ``n`` items of a seeded permutation of ``ds`` (all of it when ``n`` is None)."""
+    if n is None or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return torch.utils.data.Subset(ds, idx)
