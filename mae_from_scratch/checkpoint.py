@@ -132,3 +132,62 @@ def load_official_checkpoint(model: nn.Module, checkpoint, strict: bool = True, 
             stacklevel=2,
         )
     return report
+
+
+# ==================================================================================
+# Training checkpoints (written by pretraining, read by --resume and evaluation)
+#
+# Layout: the official one, ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}``,
+# plus what an exact resume needs (``step``, ``epoch_step``, ``rng``, ...).  Only
+# tensors, numbers, strings, lists and dicts go in, so every file loads with
+# ``torch.load(path, weights_only=True)`` (no pickled classes).
+# ==================================================================================
+
+
+def save_atomic(obj, path) -> None:
+    """``torch.save(obj, path)`` so that ``path`` is always either the old or the new file.
+
+    The object is written to a temporary file in the same folder, flushed to disk,
+    then renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows).
+    A crash or kill in the middle leaves the previous ``path`` untouched and at
+    worst a stray ``*.tmp`` file, which is removed when the error is seen.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    # Make the rename itself durable (POSIX); not possible on every platform.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_training_checkpoint(path) -> dict:
+    """Read a checkpoint written by :func:`save_atomic` (``weights_only=True``, on the CPU)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{path} is not a training checkpoint (no 'model' entry)")
+    return ckpt

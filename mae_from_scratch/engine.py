@@ -55,3 +55,152 @@ def train_steps(
             loss_visible = model.forward_loss(batch, pred, 1 - mask) if mask.sum() < mask.numel() else torch.tensor(float("nan"))
         log.append({"step": step, "loss": loss.item(), "loss_visible": loss_visible.item()})
     return log
+
+
+# ==================================================================================
+# The pretraining epoch (used by :mod:`mae_from_scratch.pretrain`)
+# ==================================================================================
+
+import contextlib  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Callable  # noqa: E402
+
+from .distributed import all_reduce_mean  # noqa: E402
+from .optim import set_lr  # noqa: E402
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops before the optimizer step."""
+
+
+@dataclass
+class EpochMeter:
+    """Running sums for the epoch's averages; saved in checkpoints so a resumed
+    epoch reports the same averages as an uninterrupted one."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def state_dict(self) -> dict:
+        return {"loss_sum": self.loss_sum, "steps": self.steps}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.loss_sum, self.steps = float(d["loss_sum"]), int(d["steps"])
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.steps, 1)
+
+
+@dataclass
+class StepInfo:
+    """What the loop reports after every optimizer step."""
+
+    epoch: int
+    epoch_step: int  # optimizer steps done in this epoch (1-based after the step)
+    global_step: int  # optimizer steps done since the start of training
+    loss: float  # mean over ranks and accumulated micro-batches
+    lr: float
+    images_per_s: float  # all ranks together, since the start of this epoch's run
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    data_loader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    epoch: int,
+    lr_fn: Callable[[float], float],
+    steps_per_epoch: int,
+    *,
+    mask_ratio: float = 0.75,
+    accum_iter: int = 1,
+    start_step: int = 0,
+    precision=None,
+    scaler=None,
+    clip_grad: float | None = None,
+    meter: EpochMeter | None = None,
+    world_size: int = 1,
+    after_step: Callable[[StepInfo], None] | None = None,
+    progress: bool = True,
+) -> EpochMeter:
+    """Run optimizer steps ``start_step .. steps_per_epoch - 1`` of ``epoch``.
+
+    ``data_loader`` yields ``(imgs (B, 3, s, s), noise (B, L))`` already positioned
+    at ``start_step`` (see :class:`~mae_from_scratch.pretrain.ResumableSampler`).
+    The learning rate is set before every optimizer step from ``lr_fn(epoch +
+    step / steps_per_epoch)``.  ``after_step`` is called after each optimizer step
+    (logging, checkpoints).  Raises :class:`NonFiniteLossError` before stepping on
+    a NaN/inf loss, so the last checkpoint written stays the last good one.
+    """
+    from .precision import choose_precision
+
+    precision = precision or choose_precision("cpu", "fp32")
+    meter = meter or EpochMeter()
+    model.train()
+    step = start_step
+    micro_losses = []
+    images = 0
+    t0 = time.perf_counter()
+    total_micro = (steps_per_epoch - start_step) * accum_iter
+    # Plain tqdm (not tqdm.auto's widget, which a static book cannot render).
+    bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch}", disable=not progress,
+               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 2.0, file=sys.stderr)
+    for i, (imgs, noise) in enumerate(data_loader):
+        if i >= total_micro:
+            break
+        last_micro = (i + 1) % accum_iter == 0
+        if i % accum_iter == 0:
+            lr = lr_fn(epoch + step / steps_per_epoch)
+            set_lr(optimizer, lr)
+        imgs = imgs.to(device, non_blocking=True)
+        noise = noise.to(device, non_blocking=True)
+        # Under DDP, skip the gradient all-reduce on micro-batches that do not step.
+        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with precision.autocast(device):
+                loss, _, _ = model(imgs, mask_ratio=mask_ratio, noise=noise)
+            loss_value = loss.item()
+            micro_losses.append(loss_value)
+            if scaler is not None:
+                scaler.scale(loss / accum_iter).backward()
+            else:
+                (loss / accum_iter).backward()
+        images += imgs.shape[0]
+        if not last_micro:
+            continue
+
+        step_loss = all_reduce_mean(sum(micro_losses) / len(micro_losses), device)
+        micro_losses = []
+        if not math.isfinite(step_loss):
+            bar.close()
+            raise NonFiniteLossError(
+                f"the loss is {step_loss} at epoch {epoch}, step {step} of {steps_per_epoch}; stopping "
+                "before the optimizer step so the weights stay finite"
+            )
+        if scaler is not None:
+            if clip_grad is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            if clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        meter.loss_sum += step_loss
+        meter.steps += 1
+
+        ips = images * world_size / max(time.perf_counter() - t0, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}", refresh=False)
+        if after_step is not None:
+            after_step(StepInfo(epoch, step, epoch * steps_per_epoch + step, step_loss, lr, ips))
+    bar.close()
+    return meter

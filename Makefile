@@ -1,0 +1,52 @@
+# Two commands do all the set-up on a fresh machine:
+#   make book   build the book into _build/html (creates .venv, installs, executes every chapter)
+#   make test   run every check: unit tests, nbval on every chapter, the book build
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Notebooks run on the kernel installed inside .venv, whatever else the machine has.
+export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
+# pip's notices about unused local package folders on some machines are noise.
+PIPQUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: venv book test unit nbval notebooks stamp lab clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | $(PIPQUIET)
+	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | $(PIPQUIET)
+	$(BIN)/python -c "import mae_from_scratch, torch, transformers, nbval; print('installed torch', torch.__version__)"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3"
+	touch $@
+
+venv: $(VENV)/.installed
+
+book: venv
+	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
+
+test: book
+	$(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider --durations=15
+
+unit: venv
+	$(BIN)/python -m pytest tests
+
+nbval: venv
+	$(BIN)/python -m pytest notebooks --nbval-lax
+
+# Re-execute the chapters in place (their saved outputs are what nbval compares against).
+notebooks: venv
+	$(BIN)/python tools/stamp_setup_cell.py
+	$(BIN)/python tools/run_notebooks.py
+
+stamp: venv
+	$(BIN)/python tools/stamp_setup_cell.py
+
+lab: venv
+	$(BIN)/python -m pip install -q jupyterlab 2>&1 | $(PIPQUIET)
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf _build
