@@ -49,3 +49,99 @@ def show_patches(patches: torch.Tensor, p: int, channels: int = 3, ncols: int | 
         patch = patches[i].reshape(p, p, channels).permute(2, 0, 1)
         show_image(patch, ax)
     return fig
+
+
+def masked_image(img: torch.Tensor, mask: torch.Tensor, p: int, fill: float = 0.5) -> torch.Tensor:
+    """``img (3, H, W)`` with the removed patches (``mask (L,)`` == 1) painted grey."""
+    from .patching import patchify, unpatchify
+
+    x = patchify(img[None], p)[0]
+    x = torch.where(mask.bool()[:, None], torch.full_like(x, fill), x)
+    return unpatchify(x[None], p, img.shape[0])[0]
+
+
+def show_mask(img: torch.Tensor, mask: torch.Tensor, p: int, ax=None, title: str | None = None):
+    """Show ``img`` with the patches that the mask removes greyed out."""
+    return show_image(masked_image(img, mask, p), ax, title)
+
+
+@torch.no_grad()
+def reconstruct(model, imgs: torch.Tensor, mask_ratio: float = 0.75, noise=None, stats: str = "true"):
+    """Run ``model`` on normalized ``imgs`` and return pixel-space pictures, all ``(N, 3, H, W)``.
+
+    Returns a dict with ``pred`` (the model's prediction for every patch), ``pasted``
+    (prediction on removed patches, real pixels on visible ones), both still normalized
+    like ``imgs``, and ``mask`` ``(N, L)``.  For a ``norm_pix_loss`` model the prediction is mapped back to pixels with
+    :func:`~mae_from_scratch.loss.unnormalize_patches` using ``stats``.
+    """
+    from .loss import unnormalize_patches
+
+    was_training = model.training
+    model.eval()
+    _, pred, mask = model(imgs, mask_ratio=mask_ratio, noise=noise)
+    model.train(was_training)
+    patches = model.patchify(imgs)
+    if getattr(model, "norm_pix_loss", False):
+        pred = unnormalize_patches(pred, patches, mask, stats=stats)
+    m = mask.unsqueeze(-1)
+    return {
+        "pred": model.unpatchify(pred),
+        "pasted": model.unpatchify(pred * m + patches * (1 - m)),
+        "mask": mask,
+    }
+
+
+def show_reconstructions(model, imgs: torch.Tensor, mean, std, mask_ratio: float = 0.75, noise=None,
+                         stats: str = "true", titles=None):
+    """A grid: one row per image -- original / masked / reconstruction / reconstruction + visible.
+
+    ``imgs`` are normalized with ``mean``/``std`` (as the model sees them); the pictures are
+    de-normalized and clipped to ``[0, 1]``.  For ``norm_pix_loss`` models the ``stats``
+    choice is written in the column title (see :func:`reconstruct`).
+    """
+    from .data import denormalize
+
+    out = reconstruct(model, imgs, mask_ratio, noise, stats)
+    p = model.patch_size
+    norm_pix = getattr(model, "norm_pix_loss", False)
+    note = {"true": " (true patch stats)", "visible": " (visible-patch stats)"}[stats] if norm_pix else ""
+    titles = titles or ["original", f"masked {mask_ratio:.0%}", "reconstruction" + note, "+ visible patches"]
+    n = imgs.shape[0]
+    fig, axes = plt.subplots(n, 4, figsize=(8, 2.1 * n), squeeze=False)
+    for i in range(n):
+        orig = denormalize(imgs[i].cpu(), mean, std)
+        row = [orig, masked_image(orig, out["mask"][i].cpu(), p),
+               denormalize(out["pred"][i].cpu(), mean, std), denormalize(out["pasted"][i].cpu(), mean, std)]
+        for j, (ax, im) in enumerate(zip(axes[i], row)):
+            show_image(im, ax, titles[j] if i == 0 else None)
+    fig.tight_layout()
+    return fig
+
+
+def read_metrics(log):
+    """A metrics log as a list of dicts: a list already, or a JSON-lines file such as ``log.txt``."""
+    import json
+    from pathlib import Path
+
+    if isinstance(log, (str, Path)):
+        return [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    return list(log)
+
+
+def plot_metrics(log, keys=("loss",), x: str = "step", ax=None, logy: bool = False, title: str | None = None):
+    """Plot metric curves (e.g. ``loss``, ``loss_visible``, ``lr``) from a metrics log."""
+    rows = read_metrics(log)
+    ax = ax or plt.gca()
+    for k in keys:
+        pts = [(r[x], r[k]) for r in rows if k in r and x in r]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, label=k)
+    ax.set_xlabel(x)
+    if logy:
+        ax.set_yscale("log")
+    if len(keys) > 1:
+        ax.legend()
+    if title:
+        ax.set_title(title)
+    return ax

@@ -1,0 +1,406 @@
+"""MAE pretraining: ``python -m mae_from_scratch.pretrain`` and :func:`pretrain`.
+
+The flags are the official ones (``--model --input_size --batch_size --accum_iter
+--epochs --mask_ratio --norm_pix_loss --weight_decay --blr --lr --min_lr
+--warmup_epochs --data_path --output_dir --resume --seed --device --num_workers``)
+plus ``--preset``, ``--dataset``, ``--precision``, ``--save_every_steps``,
+``--auto_resume``, ``--max_images``, ``--max_steps`` and ``--mount_drive``.
+
+Examples::
+
+    python -m mae_from_scratch.pretrain --preset cpu_smoke --output_dir runs/smoke
+    python -m mae_from_scratch.pretrain --preset colab_t4_cifar10 --output_dir runs/t4
+    torchrun --nproc_per_node 8 -m mae_from_scratch.pretrain --preset gpu_imagenet_base \
+        --data_path /data/imagenet --output_dir runs/base
+
+From Python (a notebook)::
+
+    from mae_from_scratch.pretrain import pretrain
+    result = pretrain(preset="cpu_smoke", output_dir="runs/smoke")
+    result.model, result.log_path
+
+Exact resume: all randomness is a function of ``(seed, epoch, sample index)``
+(augmentation and mask noise are drawn per sample, see
+:class:`~mae_from_scratch.data.MAEPretrainDataset`; the shuffle is a function of
+``(seed, epoch)``), and a checkpoint stores the position inside the epoch.  So
+on a CPU a run that is killed and resumed ends with exactly the weights of a
+run that was not, whatever the number of data-loader workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import data as D
+from .checkpoint import load_training_checkpoint, save_atomic
+from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from .engine import EpochMeter, NonFiniteLossError, StepInfo, train_one_epoch
+from .metrics import MetricsWriter
+from .model import MODELS, create_model
+from .optim import build_optimizer, effective_lr, lr_at
+from .precision import PRECISIONS, choose_precision
+from .presets import PRESETS, describe, get_preset
+
+LAST_CHECKPOINT = "checkpoint-last.pth"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("MAE pre-training", add_help=True,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog="presets:\n" + describe())
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="start from a named recipe; flags given here override it")
+    p.add_argument("--batch_size", default=64, type=int, help="images per process per iteration")
+    p.add_argument("--epochs", default=400, type=int)
+    p.add_argument("--accum_iter", default=1, type=int,
+                   help="accumulate gradients over this many iterations (larger effective batch)")
+
+    # Model
+    p.add_argument("--model", default="mae_vit_tiny_patch4_32", choices=sorted(MODELS))
+    p.add_argument("--input_size", default=None, type=int, help="image size (default: the model's)")
+    p.add_argument("--mask_ratio", default=0.75, type=float, help="share of patches removed")
+    p.add_argument("--norm_pix_loss", action="store_true", help="per-patch normalized pixels as targets")
+    p.add_argument("--no_norm_pix_loss", action="store_false", dest="norm_pix_loss")
+
+    # Optimizer
+    p.add_argument("--weight_decay", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=None, help="absolute lr (default: blr * effective batch / 256)")
+    p.add_argument("--blr", type=float, default=1e-3, help="base lr: lr = blr * effective batch / 256")
+    p.add_argument("--min_lr", type=float, default=0.0, help="lower bound of the cosine schedule")
+    p.add_argument("--warmup_epochs", type=float, default=40)
+    p.add_argument("--clip_grad", type=float, default=None, help="clip the gradient norm (off by default)")
+
+    # Data
+    p.add_argument("--dataset", default="auto", choices=("auto",) + D.DATASETS,
+                   help="auto: imagefolder when --data_path is given, else the offline photos")
+    p.add_argument("--data_path", default=None,
+                   help="ImageFolder ROOT (reads ROOT/train), a .tar/.tar.gz of one, or a torchvision root")
+    p.add_argument("--max_images", default=None, type=int, help="train on a fixed random subset of this size")
+    p.add_argument("--num_photos", default=4096, type=int, help="size of the offline photo-crop set")
+    p.add_argument("--num_workers", default=2, type=int)
+    p.add_argument("--pin_mem", action="store_true", default=None, help="pin loader memory (default: on CUDA)")
+    p.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
+
+    # Run
+    p.add_argument("--output_dir", default="./output_dir", help="checkpoints and logs ('' to save nothing)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: bf16 on compute capability >= 8, fp16 + GradScaler on older GPUs, fp32 on CPU")
+    p.add_argument("--seed", default=0, type=int)
+    p.add_argument("--resume", default="", help="checkpoint file to continue from")
+    p.add_argument("--auto_resume", action="store_true",
+                   help=f"continue from OUTPUT_DIR/{LAST_CHECKPOINT} if it exists")
+    p.add_argument("--save_every_steps", default=0, type=int,
+                   help=f"also write {LAST_CHECKPOINT} every N optimizer steps (0: only at epoch ends)")
+    p.add_argument("--save_freq", default=20, type=int, help="keep checkpoint-EPOCH.pth every N epochs")
+    p.add_argument("--max_steps", default=None, type=int,
+                   help="stop after this many optimizer steps in all (the schedule is unchanged)")
+    p.add_argument("--mount_drive", action="store_true",
+                   help="Colab only: mount Google Drive at /content/drive first (put --output_dir there)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _parse(argv=None, **overrides) -> argparse.Namespace:
+    """Parse ``argv`` on top of the preset's values; ``overrides`` win over both."""
+    parser = get_args_parser()
+    pre, _ = parser.parse_known_args(argv if argv is not None else [])
+    preset = overrides.get("preset", pre.preset)
+    if preset:
+        parser.set_defaults(**get_preset(preset).args)
+    args = parser.parse_args(argv if argv is not None else [])
+    unknown = [k for k in overrides if not hasattr(args, k)]
+    if unknown:
+        raise TypeError(f"unknown pretraining option(s) {unknown}; see get_args_parser()")
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
+# ----------------------------------------------------------------------------------
+class ResumableSampler(DistributedSampler):
+    """:class:`DistributedSampler` whose items are ``(epoch, index)`` pairs and which
+    can start part-way into an epoch.
+
+    The order is DistributedSampler's (a permutation seeded by ``seed + epoch``,
+    rank ``r`` taking every ``world_size``-th index from ``r``).  Handing the epoch
+    to the data set with each index keeps per-sample randomness right in
+    persistent loader workers, which never see ``set_epoch``.
+    """
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        """Next iteration yields ``epoch``'s indices from the ``start``-th on (for this rank)."""
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        indices = list(super().__iter__())[self.start:]
+        return iter([(self.epoch, i) for i in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`pretrain` returns."""
+
+    model: torch.nn.Module  # the trained MaskedAutoencoderViT (unwrapped, on its device)
+    output_dir: Path | None
+    log_path: Path | None  # log.txt (per epoch); log_steps.jsonl sits beside it
+    checkpoint: Path | None  # the last checkpoint written
+    epoch_log: list  # the per-epoch metrics of this process's run
+
+
+def _mount_drive_if_asked(args) -> None:
+    if args.mount_drive:
+        try:
+            from google.colab import drive  # type: ignore[import-not-found]
+        except ImportError as e:
+            raise RuntimeError("--mount_drive only works inside Google Colab") from e
+        drive.mount("/content/drive")
+    if args.output_dir and str(args.output_dir).startswith("/content/drive") and not os.path.isdir("/content/drive"):
+        raise RuntimeError(f"--output_dir {args.output_dir} is on Google Drive, which is not mounted; "
+                           "add --mount_drive (or run `from google.colab import drive; drive.mount('/content/drive')`)")
+
+
+def resolve_dataset(args) -> str:
+    return args.dataset if args.dataset != "auto" else ("imagefolder" if args.data_path else "photos")
+
+
+def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory: bool):
+    """The pretraining data set (items ``(image, noise)``), its sampler and loader."""
+    name = resolve_dataset(args)
+    info = D.dataset_info(name)
+    base = D.build_dataset(name, "train", args.data_path, transform=None, num_photos=args.num_photos,
+                           photo_size=max(64, args.input_size))
+    base = D.subset(base, args.max_images, seed=args.seed)
+    dataset = D.MAEPretrainDataset(base, D.pretrain_transform(args.input_size, info.mean, info.std),
+                                   num_patches, seed=args.seed)
+    sampler = ResumableSampler(dataset, dist_info.world_size, dist_info.rank, seed=args.seed)
+    loader = DataLoader(
+        dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+        num_workers=args.num_workers, pin_memory=pin_memory, persistent_workers=args.num_workers > 0,
+        # The loader's own generator only seeds worker processes; our randomness is per sample.
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    return dataset, sampler, loader, info
+
+
+def _checkpoint_state(model, optimizer, scaler, args, epoch, epoch_step, steps_per_epoch, meter, info):
+    """The checkpoint dict: official keys, then what exact resume needs.  weights_only-safe."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,  # the epoch this checkpoint is in (complete when epoch_step == steps_per_epoch)
+        "scaler": scaler.state_dict(),
+        "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "step": epoch * steps_per_epoch + epoch_step,  # optimizer steps since the start
+        "epoch_step": epoch_step,  # optimizer steps done in `epoch` (the sampler position)
+        "steps_per_epoch": steps_per_epoch,
+        "epoch_meter": meter.state_dict(),
+        "rng": rng,
+        "model_config": asdict(model.config),
+        "dataset": {"name": info.name, "mean": list(info.mean), "std": list(info.std),
+                    "classes": list(info.classes) if info.classes else None},
+    }
+
+
+def pretrain(args: argparse.Namespace | None = None, argv: list[str] | None = None, **kwargs) -> PretrainResult:
+    """Pretrain an MAE; returns the model, the output folder and the metrics log path.
+
+    Give either a parsed ``args`` namespace (from :func:`get_args_parser`), or
+    command-line style ``argv``, or keywords named like the flags, e.g.
+    ``pretrain(preset="cpu_smoke", output_dir="runs/smoke", epochs=3)``.
+    """
+    if args is None:
+        args = _parse(argv, **kwargs)
+    elif kwargs:
+        args = argparse.Namespace(**{**vars(args), **kwargs})
+    _mount_drive_if_asked(args)
+
+    dist_info, device = init_distributed(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    try:
+        return _pretrain(args, dist_info, device)
+    finally:
+        cleanup_distributed()
+
+
+def _pretrain(args, dist_info: DistInfo, device: torch.device) -> PretrainResult:
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
+    model = create_model(args.model, norm_pix_loss=args.norm_pix_loss,
+                         **({"img_size": args.input_size} if args.input_size else {}))
+    args.input_size = model.img_size
+    model.to(device)
+    num_patches = model.patch_embed.num_patches
+
+    pin = args.pin_mem if args.pin_mem is not None else device.type == "cuda"
+    dataset, sampler, loader, info = build_pretrain_data(args, num_patches, dist_info, pin)
+    args.dataset = info.name
+    args.mean, args.std = list(info.mean), list(info.std)
+
+    if args.accum_iter < 1:
+        raise ValueError(f"--accum_iter must be >= 1, got {args.accum_iter}")
+    steps_per_epoch = len(loader) // args.accum_iter
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the training set ({len(dataset)} images) is too small for one optimizer step of "
+            f"{args.batch_size} x {args.accum_iter} x {dist_info.world_size} images; lower --batch_size"
+        )
+    eff_batch = args.batch_size * args.accum_iter * dist_info.world_size
+    if args.lr is None:
+        args.lr = effective_lr(args.blr, args.batch_size, args.accum_iter, dist_info.world_size)
+
+    precision = choose_precision(device, args.precision)
+    optimizer = build_optimizer(model, args.lr, args.weight_decay)
+    scaler = precision.grad_scaler(device)
+
+    out = Path(args.output_dir) if args.output_dir else None
+    is_main = dist_info.is_main
+    writer = MetricsWriter(out, enabled=is_main)
+
+    # ---------------------------------------------------------------- resume
+    resume = args.resume
+    if not resume and args.auto_resume and out is not None and (out / LAST_CHECKPOINT).is_file():
+        resume = str(out / LAST_CHECKPOINT)
+    start_epoch, start_step, meter = 0, 0, EpochMeter()
+    if resume:
+        ckpt = load_training_checkpoint(resume)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        saved = ckpt.get("args", {})
+        epoch, epoch_step = int(ckpt["epoch"]), int(ckpt.get("epoch_step", steps_per_epoch))
+        if epoch_step >= int(ckpt.get("steps_per_epoch", steps_per_epoch)):
+            start_epoch, start_step = epoch + 1, 0  # the checkpoint closed its epoch
+        else:
+            saved_eff = saved.get("batch_size", 0) * saved.get("accum_iter", 1) * saved.get("world_size", 1)
+            if saved_eff != eff_batch or ckpt.get("steps_per_epoch") != steps_per_epoch:
+                raise ValueError(
+                    f"{resume} stopped inside epoch {epoch} with an effective batch of {saved_eff} and "
+                    f"{ckpt.get('steps_per_epoch')} steps per epoch; resuming inside an epoch needs the same "
+                    f"(now {eff_batch} and {steps_per_epoch})"
+                )
+            start_epoch, start_step = epoch, epoch_step
+            meter.load_state_dict(ckpt["epoch_meter"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if "cuda" in ckpt["rng"] and device.type == "cuda":
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        writer.truncate(start_epoch * steps_per_epoch + start_step, start_epoch)
+        if is_main:
+            print(f"resumed from {resume}: epoch {start_epoch}, step {start_step} of {steps_per_epoch}", flush=True)
+        del ckpt
+    args.world_size = dist_info.world_size
+
+    ddp_model = model
+    if dist_info.enabled:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if is_main:
+        print(f"model {args.model} ({sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M "
+              f"trainable), data {info.name}: {len(dataset)} images at {args.input_size} px, "
+              f"{steps_per_epoch} steps/epoch", flush=True)
+        print(f"effective batch {eff_batch} ({args.batch_size} x {args.accum_iter} accum x "
+              f"{dist_info.world_size} processes), lr {args.lr:.3g}, precision {precision.name} on {device}",
+              flush=True)
+
+    last_ckpt: Path | None = None
+
+    def save(epoch: int, epoch_step: int, name: str = LAST_CHECKPOINT) -> None:
+        nonlocal last_ckpt
+        if out is None or not is_main:
+            return
+        state = _checkpoint_state(model, optimizer, scaler, args, epoch, epoch_step, steps_per_epoch, meter, info)
+        save_atomic(state, out / name)
+        last_ckpt = out / LAST_CHECKPOINT if name == LAST_CHECKPOINT else out / name
+
+    def lr_fn(epoch_float: float) -> float:
+        return lr_at(epoch_float, args.lr, args.min_lr, args.warmup_epochs, args.epochs)
+
+    class _StopRun(Exception):
+        pass
+
+    def after_step(s: StepInfo) -> None:
+        if is_main:
+            writer.log_step({"step": s.global_step, "epoch": s.epoch, "epoch_step": s.epoch_step,
+                             "loss": s.loss, "lr": s.lr, "images_per_s": s.images_per_s})
+        done = args.max_steps is not None and s.global_step >= args.max_steps
+        if s.epoch_step < steps_per_epoch and (
+                done or (args.save_every_steps and s.global_step % args.save_every_steps == 0)):
+            save(s.epoch, s.epoch_step)
+        if done:
+            raise _StopRun
+
+    epoch_log = []
+    t_start = time.perf_counter()
+    stopped = False
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            sampler.set_position(epoch, start_step * args.accum_iter * args.batch_size)
+            t0 = time.perf_counter()
+            n0 = meter.steps
+            try:
+                meter = train_one_epoch(
+                    ddp_model, loader, optimizer, device, epoch, lr_fn, steps_per_epoch,
+                    mask_ratio=args.mask_ratio, accum_iter=args.accum_iter, start_step=start_step,
+                    precision=precision, scaler=scaler, clip_grad=args.clip_grad, meter=meter,
+                    world_size=dist_info.world_size, after_step=after_step,
+                    progress=is_main and not args.no_progress,
+                )
+            except _StopRun:
+                stopped = True
+                break
+            secs = time.perf_counter() - t0
+            row = {"train_lr": optimizer.param_groups[0]["lr"], "train_loss": meter.loss, "epoch": epoch,
+                   "images_per_s": (meter.steps - n0) * eff_batch / max(secs, 1e-9)}
+            epoch_log.append(row)
+            writer.log_epoch(row)
+            save(epoch, steps_per_epoch)
+            if is_main and (epoch % args.save_freq == 0 or epoch + 1 == args.epochs):
+                save(epoch, steps_per_epoch, name=f"checkpoint-{epoch}.pth")
+            start_step, meter = 0, EpochMeter()
+    except NonFiniteLossError as e:
+        where = f"; the last good checkpoint is {last_ckpt or resume}" if (last_ckpt or resume) else ""
+        raise NonFiniteLossError(f"{e}{where}. Try a lower --blr, --clip_grad 1.0 or --precision fp32.") from e
+    barrier()
+    if is_main:
+        msg = "stopped at --max_steps" if stopped else "done"
+        print(f"{msg} in {time.perf_counter() - t_start:.1f} s", flush=True)
+    return PretrainResult(model=model, output_dir=out, log_path=writer.epoch_log, checkpoint=last_ckpt,
+                          epoch_log=epoch_log)
+
+
+def main(argv=None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    try:
+        result = pretrain(args)
+    except (NonFiniteLossError, D.DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    if result.epoch_log and (result.output_dir is None or DistInfo().is_main):
+        print(json.dumps(result.epoch_log[-1]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
