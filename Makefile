@@ -10,9 +10,9 @@ BIN := $(VENV)/bin
 # Notebooks run on the kernel installed inside .venv, whatever else the machine has.
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 # pip's notices about unused local package folders on some machines are noise.
-PIPQUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+PIPQUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: venv book test unit nbval notebooks stamp lab clean
+.PHONY: venv mathjax book test unit nbval notebooks stamp lab clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,19 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# MathJax served from the book itself (npm package mathjax@3), so math renders offline.
+MATHJAX := book/_static/mathjax/tex-mml-chtml.js
+$(MATHJAX):
+	@if command -v npm >/dev/null; then \
+	  npm install --silent --no-save --no-audit --no-fund --prefix .cache/npm mathjax@3 && \
+	  rm -rf book/_static/mathjax && mkdir -p book/_static && \
+	  cp -r .cache/npm/node_modules/mathjax/es5 book/_static/mathjax; \
+	else echo "npm not found: the book will load MathJax from its CDN (math needs a network to render)"; fi
+
+mathjax: $(MATHJAX)
+
 book: venv
+	@$(MAKE) --no-print-directory mathjax
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
 
 test: book

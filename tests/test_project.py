@@ -62,3 +62,22 @@ def test_every_notebook_is_in_the_toc_and_has_a_check_cell():
             assert c.outputs, f"a check cell of {path.name} has no saved output for nbval to compare"
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors, f"{path.name} has saved error outputs"
+
+
+def _exercise_cells(nb):
+    return [i for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" and "### BEGIN SOLUTION" in c.source]
+
+
+def test_exercises_are_marked_and_checked():
+    """Chapters 2 onward carry at least two nbgrader-style exercises, each followed by a check."""
+    for path in stamp_setup_cell.notebooks():
+        nb = nbformat.read(path, as_version=4)
+        cells = _exercise_cells(nb)
+        for i in cells:
+            src = nb.cells[i].source
+            assert src.count("### BEGIN SOLUTION") == src.count("### END SOLUTION"), path.name
+            after = [c for c in nb.cells[i + 1:] if c.cell_type == "code"]
+            assert after and "assert" in after[0].source, f"{path.name}: exercise cell {i} is not followed by a check"
+        if not path.name.startswith("01_"):
+            assert len(cells) >= 2, f"{path.name} has {len(cells)} exercise cells, expected at least 2"

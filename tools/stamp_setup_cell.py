@@ -21,9 +21,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "setup"
+# The book shows the setup cell folded ("hide-input"): readers can open it, it is the same everywhere.
+TAGS = [TAG, "hide-input"]
 
 TEMPLATE = '''\
-# Setup (the same in every chapter). In Google Colab, install this book's package first.
+# Setup, the same in every chapter: in Google Colab, install this book's package.
 import sys
 
 if "google.colab" in sys.modules:
@@ -64,7 +66,7 @@ def drifted() -> list[str]:
     for path in notebooks():
         nb = nbformat.read(path, as_version=4)
         i = setup_cell_index(nb)
-        if i is None or nb.cells[i].source != src:
+        if i is None or nb.cells[i].source != src or nb.cells[i].metadata.get("tags") != TAGS:
             bad.append(path.name)
     return bad
 
@@ -76,11 +78,12 @@ def stamp() -> list[str]:
         nb = nbformat.read(path, as_version=4)
         i = setup_cell_index(nb)
         if i is None:
-            cell = nbformat.v4.new_code_cell(src, metadata={"tags": [TAG]})
+            cell = nbformat.v4.new_code_cell(src, metadata={"tags": list(TAGS)})
             # Right after the title cell.
             nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0, cell)
-        elif nb.cells[i].source != src:
+        elif nb.cells[i].source != src or nb.cells[i].metadata.get("tags") != TAGS:
             nb.cells[i].source = src
+            nb.cells[i].metadata["tags"] = list(TAGS)
         else:
             continue
         nbformat.write(nb, path)

@@ -1,0 +1,133 @@
+"""The rendered book, opened in a real browser (headless Chromium).
+
+For every chapter page: it loads, its figures are there as images with alt text, math is
+typeset by MathJax (no raw ``\\(`` left), the Colab launch link opens that chapter's notebook,
+and no traceback is shown.  Screenshots of the intro and the first chapter are saved to
+``_build/screenshots/`` for people to look at.
+
+Needs the built book (``make book``) and Chromium (Debian's ``chromium``).  Outside CI the
+test skips with the reason when either is missing; with ``CI=true`` it fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _need(condition: bool, reason: str):
+    if not condition:
+        if IN_CI:
+            pytest.fail(reason + " (required when CI=true)")
+        pytest.skip(reason)
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _chapters():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if str(node.get("file", "")).startswith("notebooks/"):
+                files.append(node["file"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(toc)
+    return files
+
+
+def _run_chromium(*args, timeout=90):
+    cmd = [
+        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+        f"--user-data-dir={SCREENSHOTS.parent / '.chromium-profile'}", *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def _rendered_dom(page: Path) -> str:
+    # The virtual time budget lets MathJax finish typesetting before the DOM is dumped.
+    out = _run_chromium("--virtual-time-budget=20000", "--dump-dom", page.as_uri())
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _need(_chromium() is not None, "Chromium is not installed (apt-get install chromium)")
+    _need((HTML / "index.html").is_file(), f"the book is not built ({HTML}): run `make book`")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return _chromium()
+
+
+@pytest.mark.parametrize("chapter", _chapters())
+def test_chapter_page(browser, chapter):
+    page = HTML / f"{chapter}.html"
+    assert page.is_file(), f"{page} was not built"
+    dom = _rendered_dom(page)
+    nb = nbformat.read(ROOT / f"{chapter}.ipynb", as_version=4)
+
+    # It loads: the chapter's own title is in the page.
+    title = next(c.source for c in nb.cells if c.cell_type == "markdown").splitlines()[0].lstrip("# ").strip()
+    assert title in dom, f"title {title!r} not found in the rendered page"
+
+    # Its figures are present as images, with alt text, and the files exist.
+    figures = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                  if o.output_type in ("display_data", "execute_result") and "image/png" in o.get("data", {}))
+    imgs = re.findall(r'<img[^>]*src="(\.\./_images/[^"]+)"[^>]*>', dom)
+    assert len(imgs) >= figures, f"{len(imgs)} images in the page, {figures} figures in the notebook"
+    for tag in re.findall(r'<img[^>]*src="\.\./_images/[^"]+"[^>]*>', dom):
+        alt = re.search(r'alt="([^"]*)"', tag)
+        assert alt and alt.group(1).strip(), f"figure without alt text: {tag[:120]}"
+    for src in imgs:
+        assert (page.parent / src).resolve().is_file(), src
+
+    # Math is typeset: MathJax output exists, no raw TeX delimiters remain, no MathJax errors.
+    if "$" in "".join(c.source for c in nb.cells if c.cell_type == "markdown"):
+        assert "<mjx-container" in dom, "MathJax did not typeset the page"
+        assert not re.search(r'class="math[^"]*">\s*\\\(', dom), "raw \\( left in the page"
+        assert "<mjx-merror" not in dom, "MathJax reported a TeX error"
+
+    # The Colab launch link opens this chapter's notebook.
+    repo = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
+    owner_repo = repo["url"].rstrip("/").split("github.com/")[1]
+    colab = f"https://colab.research.google.com/github/{owner_repo}/blob/{repo['branch']}/{chapter}.ipynb"
+    assert colab in dom, f"no Colab link to {colab}"
+
+    # No error output made it into the book.
+    assert "Traceback (most recent call last)" not in dom
+    assert 'class="output traceback' not in dom
+
+
+def test_screenshots(browser):
+    for name, page in (("intro", HTML / "book" / "intro.html"), ("chapter1", HTML / f"{_chapters()[0]}.html")):
+        target = SCREENSHOTS / f"{name}.png"
+        target.unlink(missing_ok=True)
+        out = _run_chromium("--virtual-time-budget=20000", "--window-size=1280,1600",
+                            f"--screenshot={target}", page.as_uri())
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert target.is_file() and target.stat().st_size > 20_000, f"{target} is missing or blank"
