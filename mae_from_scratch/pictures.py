@@ -104,7 +104,7 @@ def show_reconstructions(model, imgs: torch.Tensor, mean, std, mask_ratio: float
     out = reconstruct(model, imgs, mask_ratio, noise, stats)
     p = model.patch_size
     norm_pix = getattr(model, "norm_pix_loss", False)
-    note = {"true": " (true patch stats)", "visible": " (visible-patch stats)"}[stats] if norm_pix else ""
+    note = {"true": "\n(true patch stats)", "visible": "\n(visible-patch stats)"}[stats] if norm_pix else ""
     titles = titles or ["original", f"masked {mask_ratio:.0%}", "reconstruction" + note, "+ visible patches"]
     n = imgs.shape[0]
     fig, axes = plt.subplots(n, 4, figsize=(8, 2.1 * n), squeeze=False)

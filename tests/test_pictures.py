@@ -1,0 +1,126 @@
+"""Reconstruction pictures: what they show, and what they must not leak."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mae_from_scratch import MaskedAutoencoderViT, normalize_patches, patchify, unpatchify  # noqa: E402
+from mae_from_scratch.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from mae_from_scratch.loss import unnormalize_patches  # noqa: E402
+from mae_from_scratch.pictures import reconstruct, show_reconstructions  # noqa: E402
+
+
+def _change_hidden_patches(imgs, mask, p, gen):
+    """``imgs`` with every removed patch (mask 1) replaced by different pixels."""
+    x = patchify(imgs, p)
+    other = 3.0 * torch.randn(x.shape, generator=gen) + 2.0
+    x = torch.where(mask.bool()[..., None], other, x)
+    return unpatchify(x, p, imgs.shape[1])
+
+
+def _setup(micro_config, norm_pix_loss, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    model = MaskedAutoencoderViT(**micro_config, norm_pix_loss=norm_pix_loss)
+    imgs = torch.randn(3, 3, 32, 32, generator=gen)
+    noise = torch.rand(3, 64, generator=gen)
+    return model, imgs, noise, gen
+
+
+def test_visible_stats_use_nothing_from_hidden_patches():
+    gen = torch.Generator().manual_seed(0)
+    pred, patches = torch.randn(2, 16, 12, generator=gen), torch.randn(2, 16, 12, generator=gen)
+    mask = torch.zeros(2, 16)
+    mask[:, ::3] = 1
+    changed = torch.where(mask.bool()[..., None], 5 * torch.randn(2, 16, 12, generator=gen) - 4, patches)
+    a = unnormalize_patches(pred, patches, mask, stats="visible")
+    b = unnormalize_patches(pred, changed, mask, stats="visible")
+    assert torch.equal(a, b)
+    # The true statistics do depend on the hidden pixels: that is the leak.
+    hidden = mask.bool()
+    a_true = unnormalize_patches(pred, patches, mask, stats="true")
+    b_true = unnormalize_patches(pred, changed, mask, stats="true")
+    assert not torch.allclose(a_true[hidden], b_true[hidden])
+    torch.testing.assert_close(a_true[~hidden], b_true[~hidden])
+
+
+def test_visible_stats_give_removed_patches_the_visible_average():
+    patches = torch.stack([torch.full((4,), 1.0), torch.tensor([0.0, 2.0, 0.0, 2.0]), torch.full((4,), 9.0)])[None]
+    mask = torch.tensor([[0.0, 0.0, 1.0]])
+    out = unnormalize_patches(torch.ones(1, 3, 4), patches, mask, stats="visible")
+    mean_vis = (1.0 + 1.0) / 2  # the two visible patches' means
+    std_vis = ((0.0 + 1e-6) ** 0.5 + (4 / 3 + 1e-6) ** 0.5) / 2  # their sqrt(unbiased var + eps)
+    torch.testing.assert_close(out[0, 2], torch.full((4,), mean_vis + std_vis))
+
+
+def test_true_stats_invert_normalize_patches():
+    x = torch.randn(2, 10, 48, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    torch.testing.assert_close(unnormalize_patches(normalize_patches(x), x, stats="true"), x)
+
+
+def test_unnormalize_rejects_bad_arguments():
+    x = torch.zeros(1, 4, 3)
+    with pytest.raises(ValueError, match="mask"):
+        unnormalize_patches(x, x, None, stats="visible")
+    with pytest.raises(ValueError, match="stats"):
+        unnormalize_patches(x, x, torch.zeros(1, 4), stats="hidden")
+
+
+def test_reconstruct_with_visible_stats_ignores_hidden_pixels(micro_config):
+    model, imgs, noise, gen = _setup(micro_config, norm_pix_loss=True)
+    out = reconstruct(model, imgs, noise=noise, stats="visible")
+    changed = _change_hidden_patches(imgs, out["mask"], model.patch_size, gen)
+    assert not torch.allclose(changed, imgs)
+    out2 = reconstruct(model, changed, noise=noise, stats="visible")
+    assert torch.equal(out["mask"], out2["mask"])
+    torch.testing.assert_close(out2["pred"], out["pred"])
+    torch.testing.assert_close(out2["pasted"], out["pasted"])
+    # With the true statistics the same change shows up in the picture.
+    out_true = reconstruct(model, imgs, noise=noise, stats="true")
+    out_true2 = reconstruct(model, changed, noise=noise, stats="true")
+    assert not torch.allclose(out_true["pred"], out_true2["pred"])
+
+
+def test_reconstruct_plain_targets_pastes_visible_pixels(micro_config):
+    model, imgs, noise, gen = _setup(micro_config, norm_pix_loss=False)
+    out = reconstruct(model, imgs, noise=noise)
+    p = model.patch_size
+    visible = ~out["mask"].bool()
+    pasted, pred, real = patchify(out["pasted"], p), patchify(out["pred"], p), patchify(imgs, p)
+    assert torch.equal(pasted[visible], real[visible])
+    assert torch.equal(pasted[~visible], pred[~visible])
+    # A plain-pixel model's prediction does not depend on the hidden pixels at all, whatever stats says.
+    changed = _change_hidden_patches(imgs, out["mask"], p, gen)
+    torch.testing.assert_close(reconstruct(model, changed, noise=noise, stats="true")["pred"], out["pred"])
+
+
+def test_reconstruct_restores_training_mode(micro_config):
+    model, imgs, noise, _ = _setup(micro_config, norm_pix_loss=False)
+    model.train()
+    reconstruct(model, imgs, noise=noise)
+    assert model.training
+    model.eval()
+    reconstruct(model, imgs, noise=noise)
+    assert not model.training
+
+
+@pytest.mark.parametrize("norm_pix_loss,stats,note", [
+    (False, "true", None),
+    (True, "true", "true patch stats"),
+    (True, "visible", "visible-patch stats"),
+])
+def test_show_reconstructions_labels_the_statistics(micro_config, norm_pix_loss, stats, note):
+    model, imgs, noise, _ = _setup(micro_config, norm_pix_loss=norm_pix_loss)
+    fig = show_reconstructions(model, imgs[:2], IMAGENET_MEAN, IMAGENET_STD, noise=noise[:2], stats=stats)
+    try:
+        assert len(fig.axes) == 2 * 4
+        titles = " ".join(ax.get_title() for ax in fig.axes)
+        if note is None:
+            assert "stats" not in titles
+        else:
+            assert note in titles
+    finally:
+        plt.close(fig)
