@@ -11,6 +11,7 @@ module                    what it holds                               chapter
 ``transformer``           attention, MLP, pre-norm block              4
 ``model``                 ``MaskedAutoencoderViT`` and its configs    5, 7
 ``loss``                  masked MSE, per-patch normalized targets    6
+``flops``                 FLOP counts of encoder and decoder          4, 5
 ``checkpoint``            loading official checkpoints
 ``data``                  images (photos shipped in packages, ...)
 ``engine``                training loops (``train_steps``)
