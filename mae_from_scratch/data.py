@@ -103,6 +103,7 @@ def denormalize(imgs: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tor
 # it used in the checkpoint so that evaluation and pictures reuse them.
 # ==================================================================================
 
+import functools  # noqa: E402
 import hashlib  # noqa: E402
 import os  # noqa: E402
 import tarfile  # noqa: E402
@@ -250,6 +251,21 @@ def offline_photo(name: str) -> np.ndarray:
     raise ValueError(f"unknown photo {name!r}; choose one of {OFFLINE_PHOTOS}")
 
 
+@functools.lru_cache(maxsize=4)
+def _shrunk_photos(size: int) -> tuple:
+    """The offline photos as PIL images, shrunk once so that the shorter side is at most
+    ``8 * size`` (crops are then cheap to resize).  Cached: decoding them takes a second."""
+    from PIL import Image
+
+    photos = []
+    for n in OFFLINE_PHOTOS:
+        photo = Image.fromarray(offline_photo(n)).convert("RGB")
+        short = min(photo.size)
+        photo.thumbnail((8 * size * photo.width // short, 8 * size * photo.height // short), Image.BICUBIC)
+        photos.append(photo)
+    return tuple(photos)
+
+
 class PhotoCrops(torch.utils.data.Dataset):
     """``num_images`` random square crops of the packaged photographs, as PIL images.
 
@@ -264,13 +280,7 @@ class PhotoCrops(torch.utils.data.Dataset):
         from PIL import Image
 
         self.classes = list(OFFLINE_PHOTOS)
-        photos = []
-        for n in self.classes:
-            photo = Image.fromarray(offline_photo(n)).convert("RGB")
-            # Shrink big photos once (shorter side <= 8 x size): crops are then cheap to resize.
-            photo.thumbnail((8 * size * photo.width // min(photo.size), 8 * size * photo.height // min(photo.size)),
-                            Image.BICUBIC)
-            photos.append(photo)
+        photos = _shrunk_photos(size)
         g = torch.Generator().manual_seed(seed)
         self.images, self.targets = [], []
         for _ in range(num_images):

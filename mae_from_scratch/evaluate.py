@@ -70,8 +70,7 @@ def infer_model_name(state: dict) -> str:
     patch = state["patch_embed.proj.weight"].shape[-1]
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     for name, factory in MODELS.items():
-        m = factory.__wrapped__ if hasattr(factory, "__wrapped__") else None  # noqa: F841
-        with torch.device("meta"):
+        with torch.device("meta"):  # shapes only, no memory
             cfg = factory().config
         if (cfg.embed_dim, cfg.patch_size, cfg.depth) == (dim, patch, depth):
             return name
@@ -91,9 +90,10 @@ def load_encoder(checkpoint: str | None, model: str | None = None, input_size: i
         info = D.dataset_info(dataset or "photos")
         return Encoder(m, info.mean, info.std, dataset, None, "random")
 
-    raw = load_training_checkpoint(checkpoint) if str(checkpoint).endswith(".pth") else None
-    if raw is None:
-        raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        raw = load_training_checkpoint(checkpoint)  # ours and official: {'model': ...}
+    except ValueError:
+        raw = read_state_dict(str(checkpoint))  # a bare state dict
     state = {k: v for k, v in read_state_dict(raw).items() if not k.startswith(_HEAD_PREFIXES)}
     if "model_config" in raw:  # ours: the architecture and statistics travel with the weights
         cfg = MAEConfig(**raw["model_config"])

@@ -397,7 +397,7 @@ def main(argv=None) -> int:
     except (NonFiniteLossError, D.DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
-    if result.epoch_log and (result.output_dir is None or DistInfo().is_main):
+    if result.epoch_log and int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(result.epoch_log[-1]), flush=True)
     return 0
 

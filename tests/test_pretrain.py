@@ -1,0 +1,239 @@
+"""The pretraining recipe: schedule, parameter groups, precision choice, presets,
+checkpoints, exact resume (also after SIGKILL) and the non-finite-loss stop."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from mae_from_scratch import pretrain as P
+from mae_from_scratch.checkpoint import load_training_checkpoint
+from mae_from_scratch.engine import NonFiniteLossError
+from mae_from_scratch.metrics import read_epoch_log, read_step_log
+from mae_from_scratch.model import mae_vit_micro_patch4_32
+from mae_from_scratch.optim import effective_lr, lr_at, param_groups_weight_decay
+from mae_from_scratch.precision import choose_precision
+
+
+# ---------------------------------------------------------------------------------- recipe
+def test_lr_is_blr_times_effective_batch_over_256():
+    assert effective_lr(1.5e-4, batch_size=64, accum_iter=8, world_size=8) == pytest.approx(1.5e-4 * 4096 / 256)
+
+
+def test_schedule_warmup_then_half_cosine():
+    lr, min_lr, warm, total = 1e-3, 1e-5, 5, 25
+    assert lr_at(0, lr, min_lr, warm, total) == 0.0
+    assert lr_at(2.5, lr, min_lr, warm, total) == pytest.approx(lr / 2)  # linear warmup, per iteration
+    assert lr_at(5, lr, min_lr, warm, total) == pytest.approx(lr)
+    assert lr_at(15, lr, min_lr, warm, total) == pytest.approx((lr + min_lr) / 2)  # half-way down the cosine
+    assert lr_at(25, lr, min_lr, warm, total) == pytest.approx(min_lr)
+    after = [lr_at(5 + 20 * i / 100, lr, min_lr, warm, total) for i in range(101)]
+    assert all(a >= b for a, b in zip(after, after[1:]))
+    q = lr_at(10, lr, min_lr, warm, total)  # a quarter of the way: cos(pi/4)
+    assert q == pytest.approx(min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_parameter_groups_exempt_1d_and_biases_and_skip_frozen():
+    model = mae_vit_micro_patch4_32()
+    no_decay, decay = param_groups_weight_decay(model, 0.05)
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+    names = {id(p): n for n, p in model.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    d = {names[id(p)] for p in decay["params"]}
+    assert "blocks.0.norm1.weight" in nd and "blocks.0.attn.qkv.bias" in nd and "decoder_pred.bias" in nd
+    assert "blocks.0.attn.qkv.weight" in d and "patch_embed.proj.weight" in d and "cls_token" in d
+    assert all(names[id(p)].endswith("bias") or p.ndim == 1 for p in no_decay["params"])
+    assert "pos_embed" not in nd | d and "decoder_pos_embed" not in nd | d  # fixed tables are not trained
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert nd | d == trainable and not nd & d
+
+
+@pytest.mark.parametrize("capability, expected, scaler", [((7, 5), torch.float16, True),  # T4
+                                                          ((7, 0), torch.float16, True),  # V100
+                                                          ((8, 0), torch.bfloat16, False),  # A100
+                                                          ((9, 0), torch.bfloat16, False)])  # H100
+def test_precision_follows_compute_capability(monkeypatch, capability, expected, scaler):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # says True on a T4 too
+    p = choose_precision("cuda", "auto")
+    assert p.dtype == expected and p.use_scaler == scaler
+
+
+def test_precision_on_cpu_is_fp32_unless_asked():
+    assert choose_precision("cpu", "auto").dtype is None
+    assert choose_precision("cpu", "bf16").dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        choose_precision("cpu", "fp8")
+
+
+def test_presets_are_defaults_that_flags_override():
+    args = P._parse(["--preset", "cpu_smoke", "--epochs", "7"])
+    assert args.model == "mae_vit_micro_patch4_32" and args.epochs == 7
+    assert P._parse(["--preset", "colab_t4_cifar10"]).dataset == "cifar10"
+    with pytest.raises(TypeError, match="unknown pretraining option"):
+        P._parse(preset="cpu_smoke", epoch=3)
+
+
+# ---------------------------------------------------------------------------------- runs
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread in this process and in the subprocesses below: the runs compared
+    bit for bit then use the same kernels, and a busy 2-core CI machine does not make
+    two OpenMP threads wait for each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY = dict(preset="cpu_smoke", num_photos=64, max_images=64, batch_size=8, epochs=2, warmup_epochs=1,
+            no_progress=True, save_every_steps=3, save_freq=100)
+
+
+def _weights(path):
+    return load_training_checkpoint(path)["model"]
+
+
+def _same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _steps(out):
+    return [(r["step"], r["loss"], r["lr"]) for r in read_step_log(out)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run (2 epochs x 8 steps) to compare against."""
+    out = tmp_path_factory.mktemp("reference")
+    result = P.pretrain(output_dir=str(out), num_workers=0, **TINY)
+    return out, result
+
+
+def test_run_writes_official_checkpoint_and_logs(reference):
+    out, result = reference
+    ck = torch.load(out / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "epoch", "scaler", "args"} <= ck.keys()
+    assert isinstance(ck["args"], dict) and ck["args"]["model"] == "mae_vit_micro_patch4_32"
+    assert ck["epoch"] == 1 and ck["step"] == 16 and ck["epoch_step"] == ck["steps_per_epoch"] == 8
+    assert ck["dataset"]["mean"] == list(ck["args"]["mean"])  # normalization travels with the weights
+    assert (out / "checkpoint-1.pth").is_file()  # the final epoch is always kept
+    epochs = read_epoch_log(out)
+    assert [r["epoch"] for r in epochs] == [0, 1] and {"train_lr", "train_loss"} <= epochs[0].keys()
+    assert [s for s, _, _ in _steps(out)] == list(range(1, 17))
+    assert result.log_path == out / "log.txt" and _same(result.model.state_dict(), ck["model"])
+
+
+@pytest.mark.parametrize("num_workers, accum_iter, stop_at", [(0, 1, 5), (2, 2, 11)])
+def test_stopped_and_resumed_run_ends_with_identical_weights(tmp_path, reference, num_workers, accum_iter, stop_at):
+    ref_out, _ = reference
+    kw = dict(TINY, num_workers=num_workers)
+    if accum_iter > 1:  # same effective batch as the reference, as two half batches
+        kw.update(batch_size=4, accum_iter=2, blr=TINY.get("blr", 1e-2) * 2)
+        ref_out = tmp_path / "ref_accum"
+        P.pretrain(output_dir=str(ref_out), **kw)
+    out = tmp_path / "run"
+    P.pretrain(output_dir=str(out), max_steps=stop_at, **kw)
+    ck = load_training_checkpoint(out / "checkpoint-last.pth")
+    assert ck["step"] == stop_at and 0 < ck["epoch_step"] < ck["steps_per_epoch"]  # stopped inside an epoch
+    P.pretrain(output_dir=str(out), resume=str(out / "checkpoint-last.pth"), **kw)
+    assert _same(_weights(out / "checkpoint-last.pth"), _weights(ref_out / "checkpoint-last.pth"))
+    assert _steps(out) == _steps(ref_out)
+    assert [r["train_loss"] for r in read_epoch_log(out)] == [r["train_loss"] for r in read_epoch_log(ref_out)]
+
+
+_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    from mae_from_scratch import pretrain as P
+
+    where, k = sys.argv[1], int(sys.argv[2])
+    count = [0]
+    if where == "step":  # SIGKILL right after the k-th optimizer step, before it is saved
+        log_step = P.MetricsWriter.log_step
+        def killing_log_step(self, row):
+            log_step(self, row)
+            count[0] += 1
+            if count[0] == k:
+                os.kill(os.getpid(), signal.SIGKILL)
+        P.MetricsWriter.log_step = killing_log_step
+    else:  # SIGKILL inside the k-th checkpoint save: temporary file written, not yet renamed
+        replace = os.replace
+        def killing_replace(src, dst):
+            if str(dst).endswith(".pth"):
+                count[0] += 1
+                if count[0] == k:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            replace(src, dst)
+        os.replace = killing_replace
+    sys.exit(P.main(sys.argv[3:]))
+""")
+
+
+def _cli_args(out, num_workers):
+    a = TINY
+    return ["--preset", a["preset"], "--num_photos", str(a["num_photos"]), "--max_images", str(a["max_images"]),
+            "--batch_size", str(a["batch_size"]), "--epochs", str(a["epochs"]),
+            "--warmup_epochs", str(a["warmup_epochs"]), "--save_every_steps", str(a["save_every_steps"]),
+            "--save_freq", str(a["save_freq"]), "--no_progress", "--num_workers", str(num_workers),
+            "--output_dir", str(out), "--auto_resume"]
+
+
+@pytest.mark.parametrize("where, k, num_workers", [("step", 11, 2), ("save", 3, 0)])
+def test_sigkilled_run_resumes_exactly(tmp_path, reference, where, k, num_workers):
+    ref_out, _ = reference
+    out = tmp_path / "run"
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, str(script), where, str(k), *_cli_args(out, num_workers)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    ck = load_training_checkpoint(out / "checkpoint-last.pth")  # the last complete checkpoint
+    # step: killed after step 11, last saved at step 9 (epoch 1); save: killed while writing
+    # the end-of-epoch checkpoint at step 8, last saved at step 6 (epoch 0)
+    assert (ck["step"], ck["epoch"]) == ((9, 1) if where == "step" else (6, 0))
+    resumed = subprocess.run([sys.executable, "-m", "mae_from_scratch.pretrain", *_cli_args(out, num_workers)],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    assert _same(_weights(out / "checkpoint-last.pth"), _weights(ref_out / "checkpoint-last.pth"))
+    assert _steps(out) == _steps(ref_out)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real_create = P.create_model
+
+    def create_poisoned(*a, **k):
+        model = real_create(*a, **k)
+        forward = model.forward
+        calls = [0]
+
+        def poisoned(imgs, *fa, **fk):
+            calls[0] += 1
+            loss, pred, mask = forward(imgs, *fa, **fk)
+            return (loss * float("nan") if calls[0] == 5 else loss), pred, mask
+
+        model.forward = poisoned
+        return model
+
+    monkeypatch.setattr(P, "create_model", create_poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"nan at epoch 0, step 4.*checkpoint-last\.pth"):
+        P.pretrain(output_dir=str(out), num_workers=0, **TINY)
+    ck = load_training_checkpoint(out / "checkpoint-last.pth")
+    assert ck["step"] == 3 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_cli_reports_bad_data_path(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mae_from_scratch.pretrain", "--preset", "cpu_smoke",
+                        "--data_path", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 1 and "data path not found" in r.stderr and "nowhere" in r.stderr
