@@ -12,15 +12,23 @@ module                    what it holds                               chapter
 ``model``                 ``MaskedAutoencoderViT`` and its configs    5, 7
 ``loss``                  masked MSE, per-patch normalized targets    6
 ``flops``                 FLOP counts of encoder and decoder          4, 5
-``checkpoint``            loading official checkpoints
-``data``                  images (photos shipped in packages, ...)
-``engine``                training loops (``train_steps``)
+``checkpoint``            official checkpoints; atomic training ones
+``data``                  datasets, transforms, offline photos
+``engine``                training loops (``train_steps``, epochs)
+``optim``                 AdamW parameter groups, lr schedule
+``precision``             mixed precision chosen from the hardware
+``distributed``           torchrun / DDP helpers
+``metrics``               the metrics logs (``log.txt``)
+``presets``               named pretraining recipes
+``pretrain``              ``python -m mae_from_scratch.pretrain``
+``evaluate``              kNN, linear probe, fine-tuning
 ``pictures``              figures
 ========================  ==========================================  =======
 """
 
-from .checkpoint import CheckpointMismatchError, load_official_checkpoint
+from .checkpoint import CheckpointMismatchError, load_official_checkpoint, load_training_checkpoint, save_atomic
 from .engine import train_steps
+from .metrics import read_epoch_log, read_step_log
 from .loss import masked_mse_loss, normalize_patches
 from .masking import random_masking
 from .model import (
@@ -37,11 +45,22 @@ from .model import (
 )
 from .patching import PatchEmbed, patchify, unpatchify
 from .pos_embed import get_2d_sincos_pos_embed
+from .presets import PRESETS
 from .transformer import Attention, Block, explicit_attention
+
+# The command-line modules are not imported here, so that ``python -m mae_from_scratch.pretrain``
+# and ``python -m mae_from_scratch.evaluate`` run them fresh:
+#   from mae_from_scratch.pretrain import pretrain
+#   from mae_from_scratch.evaluate import knn_accuracy, linear_probe, extract_features, load_encoder
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
+    "load_training_checkpoint",
+    "read_epoch_log",
+    "read_step_log",
+    "save_atomic",
     "Attention",
     "Block",
     "CheckpointMismatchError",

@@ -34,7 +34,7 @@ _add(Preset(
     name="cpu_smoke",
     summary="ViT-micro/4 on 32 px, 4,096 images x 5 epochs: checks that everything runs (about a minute)",
     hardware="any CPU (2 cores: about a minute)",
-    peak_memory="under 1 GB of RAM",
+    peak_memory="about 1.5 GB of RAM (measured: 1.4 GB peak on 2 cores)",
     args=dict(model="mae_vit_micro_patch4_32", input_size=32, batch_size=64, accum_iter=1, epochs=5,
               warmup_epochs=1, blr=1e-2, min_lr=0.0, weight_decay=0.05, mask_ratio=0.75, norm_pix_loss=True,
               max_images=4096, num_workers=0, device="cpu", precision="fp32", save_every_steps=100),
@@ -87,3 +87,7 @@ def describe() -> str:
                      f"--accum_iter {a['accum_iter']} --epochs {a['epochs']}\n    hardware: {p.hardware}\n"
                      f"    peak memory: {p.peak_memory}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(describe())
