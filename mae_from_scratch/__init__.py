@@ -45,18 +45,17 @@ from .model import (
 )
 from .patching import PatchEmbed, patchify, unpatchify
 from .pos_embed import get_2d_sincos_pos_embed
-from .presets import PRESETS
 from .transformer import Attention, Block, explicit_attention
 
 # The command-line modules are not imported here, so that ``python -m mae_from_scratch.pretrain``
 # and ``python -m mae_from_scratch.evaluate`` run them fresh:
 #   from mae_from_scratch.pretrain import pretrain
 #   from mae_from_scratch.evaluate import knn_accuracy, linear_probe, extract_features, load_encoder
+#   from mae_from_scratch.presets import PRESETS   (python -m mae_from_scratch.presets lists them)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS",
     "load_training_checkpoint",
     "read_epoch_log",
     "read_step_log",
