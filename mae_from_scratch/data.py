@@ -9,6 +9,13 @@ of real images.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -102,13 +109,6 @@ def denormalize(imgs: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tor
 # Normalization statistics belong to the data set; pretraining stores the ones
 # it used in the checkpoint so that evaluation and pictures reuse them.
 # ==================================================================================
-
-import functools  # noqa: E402
-import hashlib  # noqa: E402
-import os  # noqa: E402
-import tarfile  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
