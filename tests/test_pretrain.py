@@ -13,6 +13,8 @@ import textwrap
 import pytest
 import torch
 
+from _engine_helpers import cifar_tar_path
+
 from mae_from_scratch import pretrain as P
 from mae_from_scratch.checkpoint import load_training_checkpoint
 from mae_from_scratch.engine import NonFiniteLossError
@@ -237,3 +239,29 @@ def test_cli_reports_bad_data_path(tmp_path):
                         "--data_path", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 1 and "data path not found" in r.stderr and "nowhere" in r.stderr
+
+
+def _cli_smoke(tmp_path, *extra):
+    out = tmp_path / "smoke"
+    r = subprocess.run([sys.executable, "-m", "mae_from_scratch.pretrain", "--preset", "cpu_smoke",
+                        "--epochs", "1", "--warmup_epochs", "1", "--max_images", "256", "--num_photos", "256",
+                        "--output_dir", str(out), *extra],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = torch.load(out / "checkpoint-last.pth", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "epoch", "scaler", "args"} <= set(ck)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert (out / "log.txt").read_text().strip(), "no epoch line in log.txt"
+    return ck
+
+
+def test_cli_smoke_preset_on_the_offline_photos(tmp_path):
+    ck = _cli_smoke(tmp_path)
+    assert ck["args"]["dataset"] in ("photos", "auto")
+
+
+@pytest.mark.skipif(not cifar_tar_path().is_file(),
+                    reason=f"shared CIFAR-10 archive not found at {cifar_tar_path()} (set MAE_CIFAR10_TAR)")
+def test_cli_smoke_preset_on_the_cifar10_archive(tmp_path):
+    ck = _cli_smoke(tmp_path, "--dataset", "cifar10", "--data_path", str(cifar_tar_path()))
+    assert ck["args"]["dataset"] == "cifar10"
