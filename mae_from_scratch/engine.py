@@ -7,8 +7,19 @@ tiny model for a minute on a CPU.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
 import torch
 from tqdm import tqdm  # plain tqdm: the widget form does not render in the static book
+
+from .distributed import all_reduce_mean
+from .optim import set_lr
+from .precision import choose_precision
 
 
 def train_steps(
@@ -60,16 +71,6 @@ def train_steps(
 # ==================================================================================
 # The pretraining epoch (used by :mod:`mae_from_scratch.pretrain`)
 # ==================================================================================
-
-import contextlib  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Callable  # noqa: E402
-
-from .distributed import all_reduce_mean  # noqa: E402
-from .optim import set_lr  # noqa: E402
 
 
 class NonFiniteLossError(RuntimeError):
@@ -137,8 +138,6 @@ def train_one_epoch(
     (logging, checkpoints).  Raises :class:`NonFiniteLossError` before stepping on
     a NaN/inf loss, so the last checkpoint written stays the last good one.
     """
-    from .precision import choose_precision
-
     precision = precision or choose_precision("cpu", "fp32")
     meter = meter or EpochMeter()
     model.train()
