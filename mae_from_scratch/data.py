@@ -58,24 +58,16 @@ def load_photo(name: str = "astronaut", size: int | None = 224) -> torch.Tensor:
 
 
 def photo_crops(n: int, size: int = 32, seed: int = 0, min_scale: float = 0.1) -> torch.Tensor:
-    """``n`` random square crops of the package photos, resized to ``(3, size, size)`` in ``[0, 1]``.
+    """``n`` random square crops of the packaged photographs as a ``(n, 3, size, size)`` tensor in ``[0, 1]``.
 
-    Deterministic for a given ``seed``.  Each crop covers between ``min_scale`` and
+    The tensor form of :class:`PhotoCrops` (the same crops for the same arguments):
+    deterministic for a given ``seed``, each crop covering between ``min_scale`` and
     all of a photo's shorter side, so the batch holds both close-ups and whole scenes.
     """
-    g = torch.Generator().manual_seed(seed)
-    photos = [load_photo(name, size=None) for name in PHOTOS]
-    out = torch.empty(n, 3, size, size)
-    for i in range(n):
-        img = photos[int(torch.randint(len(photos), (1,), generator=g))]
-        s_full = img.shape[-1]
-        scale = min_scale + (1 - min_scale) * torch.rand(1, generator=g).item()
-        s = max(size, int(s_full * scale))
-        top = int(torch.randint(s_full - s + 1, (1,), generator=g))
-        left = int(torch.randint(s_full - s + 1, (1,), generator=g))
-        crop = img[None, :, top : top + s, left : left + s]
-        out[i] = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
-    return out.clamp(0, 1)
+    from torchvision.transforms.functional import pil_to_tensor
+
+    crops = PhotoCrops(num_images=n, size=size, seed=seed, min_scale=min_scale)
+    return torch.stack([pil_to_tensor(img) for img in crops.images]).float() / 255.0
 
 
 def normalize(imgs: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

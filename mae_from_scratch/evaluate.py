@@ -105,7 +105,10 @@ def load_encoder(checkpoint: str | None, model: str | None = None, input_size: i
         pre_dataset, data_path, source = ds.get("name"), raw.get("args", {}).get("data_path"), "ours"
     else:  # official: ImageNet statistics, architecture from --model or the shapes
         name = model or infer_model_name(state)
-        img = input_size or create_model(name).img_size
+        if not input_size:
+            with torch.device("meta"):  # only the configuration is needed
+                input_size = create_model(name).img_size
+        img = input_size
         m = create_model(name, img_size=img)
         mean, std, pre_dataset, data_path, source = D.IMAGENET_MEAN, D.IMAGENET_STD, None, None, "official"
     with warnings.catch_warnings():

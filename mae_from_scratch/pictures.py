@@ -120,11 +120,14 @@ def show_reconstructions(model, imgs: torch.Tensor, mean, std, mask_ratio: float
 
 def read_metrics(log):
     """A metrics log as a list of dicts: a list already, or a JSON-lines file such as ``log.txt``."""
-    import json
     from pathlib import Path
 
+    from .metrics import read_jsonl
+
     if isinstance(log, (str, Path)):
-        return [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+        if not Path(log).is_file():
+            raise FileNotFoundError(f"metrics log not found: {log}")
+        return read_jsonl(log)
     return list(log)
 
 

@@ -59,6 +59,10 @@ def setup_cell_index(nb) -> int | None:
     return None
 
 
+def is_current(cell, src: str) -> bool:
+    return cell.source == src and cell.metadata.get("tags") == TAGS
+
+
 def drifted() -> list[str]:
     """Notebooks whose setup cell is missing or differs from the template."""
     src = setup_source()
@@ -66,7 +70,7 @@ def drifted() -> list[str]:
     for path in notebooks():
         nb = nbformat.read(path, as_version=4)
         i = setup_cell_index(nb)
-        if i is None or nb.cells[i].source != src or nb.cells[i].metadata.get("tags") != TAGS:
+        if i is None or not is_current(nb.cells[i], src):
             bad.append(path.name)
     return bad
 
@@ -81,7 +85,7 @@ def stamp() -> list[str]:
             cell = nbformat.v4.new_code_cell(src, metadata={"tags": list(TAGS)})
             # Right after the title cell.
             nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0, cell)
-        elif nb.cells[i].source != src or nb.cells[i].metadata.get("tags") != TAGS:
+        elif not is_current(nb.cells[i], src):
             nb.cells[i].source = src
             nb.cells[i].metadata["tags"] = list(TAGS)
         else:
