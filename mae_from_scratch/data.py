@@ -1,15 +1,12 @@
-"""Images to learn from.
+"""Data for pretraining and evaluation: data sets by name, transforms, archives.
 
-This module starts with what needs no download at all: real photographs that
-ship inside packages the book already installs (scikit-image's sample images
-and matplotlib's portrait of Grace Hopper).  The chapters use them to show
-patches, masks and reconstructions, and the tests use them as a small batch
-of real images.
+Everything here feeds :mod:`mae_from_scratch.pretrain` and
+:mod:`mae_from_scratch.evaluate`.  The book's photographs (and the offline
+``photos`` data set made of their crops) live in :mod:`mae_from_scratch.photos`.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import tarfile
@@ -18,71 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-# ImageNet statistics: what the official models were trained with.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "grace_hopper")
-
-
-def _photo_array(name: str) -> np.ndarray:
-    if name == "grace_hopper":
-        import matplotlib.cbook as cbook
-        from PIL import Image
-
-        with cbook.get_sample_data("grace_hopper.jpg") as f:
-            return np.asarray(Image.open(f).convert("RGB"))
-    if name not in PHOTOS:
-        raise ValueError(f"unknown photo {name!r}; choose one of {PHOTOS}")
-    import skimage.data
-
-    return getattr(skimage.data, name)()
-
-
-def load_photo(name: str = "astronaut", size: int | None = 224) -> torch.Tensor:
-    """A photograph as a float tensor ``(3, size, size)`` in ``[0, 1]``.
-
-    The largest centred square is cut out and resized (bicubic, antialiased);
-    ``size=None`` keeps the square at its full resolution.
-    """
-    img = torch.from_numpy(_photo_array(name).copy()).permute(2, 0, 1).float() / 255.0
-    h, w = img.shape[1:]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    img = img[:, top : top + s, left : left + s]
-    if size is not None and size != s:
-        img = F.interpolate(img[None], size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
-    return img.clamp(0, 1)
-
-
-def photo_crops(n: int, size: int = 32, seed: int = 0, min_scale: float = 0.1) -> torch.Tensor:
-    """``n`` random square crops of the packaged photographs as a ``(n, 3, size, size)`` tensor in ``[0, 1]``.
-
-    The tensor form of :class:`PhotoCrops` (the same crops for the same arguments):
-    deterministic for a given ``seed``, each crop covering between ``min_scale`` and
-    all of a photo's shorter side, so the batch holds both close-ups and whole scenes.
-    """
-    from torchvision.transforms.functional import pil_to_tensor
-
-    crops = PhotoCrops(num_images=n, size=size, seed=seed, min_scale=min_scale)
-    return torch.stack([pil_to_tensor(img) for img in crops.images]).float() / 255.0
-
-
-def normalize(imgs: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """``[0, 1]`` images ``(..., 3, H, W)`` -> the standardized input the model expects."""
-    m = torch.tensor(mean, dtype=imgs.dtype, device=imgs.device).view(3, 1, 1)
-    s = torch.tensor(std, dtype=imgs.dtype, device=imgs.device).view(3, 1, 1)
-    return (imgs - m) / s
-
-
-def denormalize(imgs: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """The inverse of :func:`normalize`, clipped to ``[0, 1]`` for display."""
-    m = torch.tensor(mean, dtype=imgs.dtype, device=imgs.device).view(3, 1, 1)
-    s = torch.tensor(std, dtype=imgs.dtype, device=imgs.device).view(3, 1, 1)
-    return (imgs * s + m).clamp(0, 1)
-
+from .photos import IMAGENET_MEAN, IMAGENET_STD, PhotoCrops
 
 # ==================================================================================
 # Data sets for pretraining and evaluation
@@ -114,10 +48,6 @@ CIFAR10_CLASSES = (
 STL10_CLASSES = (
     "airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck",
 )
-
-# Photographs for the offline default: the chapters' five plus other colour photos
-# that scikit-image installs with itself (its other samples are fetched on demand).
-OFFLINE_PHOTOS = PHOTOS + ("hubble_deep_field", "immunohistochemistry", "retina", "motorcycle")
 
 DATASETS = ("photos", "cifar10", "stl10", "imagefolder")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -226,73 +156,6 @@ class MAEPretrainDataset(torch.utils.data.Dataset):
             g.set_state(state)
         noise = torch.rand(self.num_patches, generator=torch.Generator().manual_seed(s))
         return img, noise
-
-
-# ----------------------------------------------------------------------------------
-# Offline default: crops of packaged photographs
-def offline_photo(name: str) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 photograph that ships inside an installed package."""
-    if name in PHOTOS:
-        return _photo_array(name)
-    import skimage.data
-
-    if name == "motorcycle":
-        return skimage.data.stereo_motorcycle()[0]
-    if name in OFFLINE_PHOTOS:
-        return getattr(skimage.data, name)()
-    raise ValueError(f"unknown photo {name!r}; choose one of {OFFLINE_PHOTOS}")
-
-
-@functools.lru_cache(maxsize=4)
-def _shrunk_photos(size: int) -> tuple:
-    """The offline photos as PIL images, shrunk once so that the shorter side is at most
-    ``8 * size`` (crops are then cheap to resize).  Cached: decoding them takes a second."""
-    from PIL import Image
-
-    photos = []
-    for n in OFFLINE_PHOTOS:
-        photo = Image.fromarray(offline_photo(n)).convert("RGB")
-        short = min(photo.size)
-        photo.thumbnail((8 * size * photo.width // short, 8 * size * photo.height // short), Image.BICUBIC)
-        photos.append(photo)
-    return tuple(photos)
-
-
-class PhotoCrops(torch.utils.data.Dataset):
-    """``num_images`` random square crops of the packaged photographs, as PIL images.
-
-    Item ``i`` -> ``(PIL image size x size, label)`` where the label is the index of
-    the photograph the crop came from (in :data:`OFFLINE_PHOTOS`), which makes a small
-    nine-way "which photo is this?" task for kNN and linear probes.  Crops cover
-    10-100% of a photo's shorter side; ``seed`` fixes them (use different seeds for
-    a training and a test split).
-    """
-
-    def __init__(self, num_images: int = 4096, size: int = 64, seed: int = 0, min_scale: float = 0.1):
-        from PIL import Image
-
-        self.classes = list(OFFLINE_PHOTOS)
-        photos = _shrunk_photos(size)
-        g = torch.Generator().manual_seed(seed)
-        self.images, self.targets = [], []
-        for _ in range(num_images):
-            label = int(torch.randint(len(photos), (1,), generator=g))
-            w, h = photos[label].size
-            short = min(w, h)
-            s = max(size, int(short * (min_scale + (1 - min_scale) * torch.rand(1, generator=g).item())))
-            left = int(torch.randint(w - s + 1, (1,), generator=g))
-            top = int(torch.randint(h - s + 1, (1,), generator=g))
-            # reducing_gap: shrink by an integer factor first (box filter), then bicubic: 20x faster.
-            crop = photos[label].resize((size, size), Image.BICUBIC, box=(left, top, left + s, top + s),
-                                        reducing_gap=3.0)
-            self.images.append(crop)
-            self.targets.append(label)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i], self.targets[i]
 
 
 # ----------------------------------------------------------------------------------
@@ -458,8 +321,9 @@ def build_dataset(name: str, split: str, data_path=None, transform=None, downloa
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     info = dataset_info(name)
     if name == "photos":
+        # Test crops come from a held-out strip of each photo, disjoint from every training crop.
         ds = PhotoCrops(num_photos if split == "train" else max(num_photos // 4, 1), size=photo_size,
-                        seed=0 if split == "train" else 1)
+                        seed=0 if split == "train" else 1, split=split)
         return _Transformed(ds, transform)
 
     if name in ("cifar10", "stl10"):

@@ -99,7 +99,7 @@ def show_reconstructions(model, imgs: torch.Tensor, mean, std, mask_ratio: float
     de-normalized and clipped to ``[0, 1]``.  For ``norm_pix_loss`` models the ``stats``
     choice is written in the column title (see :func:`reconstruct`).
     """
-    from .data import denormalize
+    from .photos import denormalize
 
     out = reconstruct(model, imgs, mask_ratio, noise, stats)
     p = model.patch_size

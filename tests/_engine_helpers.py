@@ -8,7 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from mae_from_scratch.data import CIFAR10_CLASSES, PhotoCrops
+from mae_from_scratch.data import CIFAR10_CLASSES
+from mae_from_scratch.photos import PhotoCrops
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,7 @@ import torch
 
 from _engine_helpers import cifar_tar_path, make_cifar_like_folder, make_image_folder, make_tar, write_unreadable_image
 from mae_from_scratch import data as D
+from mae_from_scratch.photos import OFFLINE_PHOTOS, PhotoCrops
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +106,7 @@ def test_failed_download_says_which_dataset_and_what_to_do(tmp_path, monkeypatch
 
 
 def test_pretrain_samples_depend_only_on_seed_epoch_index():
-    base = D.PhotoCrops(num_images=8, size=48, seed=0)
+    base = PhotoCrops(num_images=8, size=48, seed=0)
     ds = D.MAEPretrainDataset(base, D.pretrain_transform(32), num_patches=64, seed=3)
     torch.manual_seed(123)
     before = torch.get_rng_state()
@@ -124,7 +125,7 @@ def test_pretrain_samples_depend_only_on_seed_epoch_index():
 def test_offline_photos_need_no_files():
     train = D.build_dataset("photos", "train", None, transform=D.eval_transform(32), num_photos=16)
     img, label = train[0]
-    assert img.shape == (3, 32, 32) and 0 <= label < len(D.OFFLINE_PHOTOS)
+    assert img.shape == (3, 32, 32) and 0 <= label < len(OFFLINE_PHOTOS)
     again = D.build_dataset("photos", "train", None, transform=D.eval_transform(32), num_photos=16)
     assert torch.equal(again[3][0], train[3][0])
 

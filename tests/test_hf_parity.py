@@ -8,7 +8,7 @@ transformers = pytest.importorskip("transformers")
 from hf_convert import to_hf_state_dict  # noqa: E402
 
 from mae_from_scratch import MaskedAutoencoderViT  # noqa: E402
-from mae_from_scratch.data import normalize, photo_crops  # noqa: E402
+from mae_from_scratch.photos import normalize, photo_crops  # noqa: E402
 
 
 def _pair(norm_pix_loss, cfg):

@@ -1,7 +1,7 @@
 import torch
 
 from mae_from_scratch import mae_vit_micro_patch4_32, train_steps
-from mae_from_scratch.data import normalize, photo_crops
+from mae_from_scratch.photos import normalize, photo_crops
 
 
 def test_masked_loss_falls_by_half_on_real_images():

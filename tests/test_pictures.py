@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from mae_from_scratch import MaskedAutoencoderViT, normalize_patches, patchify, unpatchify  # noqa: E402
-from mae_from_scratch.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from mae_from_scratch.photos import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from mae_from_scratch.loss import unnormalize_patches  # noqa: E402
 from mae_from_scratch.pictures import reconstruct, show_reconstructions  # noqa: E402
 
