@@ -2,7 +2,8 @@
 
 For every chapter page: it loads, its figures are there as images with alt text, math is
 typeset by MathJax (no raw ``\\(`` left), the Colab launch link opens that chapter's notebook,
-and no traceback is shown.  Screenshots of the intro and the first chapter are saved to
+and no traceback is shown.  On every page, no code cell, output or code block needs a
+horizontal scrollbar in a 1280x800 window.  Screenshots of the intro and the first chapter are saved to
 ``_build/screenshots/`` for people to look at.
 
 Needs the built book (``make book``) and Chromium (Debian's ``chromium``).  Outside CI the
@@ -11,6 +12,8 @@ test skips with the reason when either is missing; with ``CI=true`` it fails ins
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 import shutil
@@ -69,6 +72,59 @@ def _run_chromium(*args, timeout=90):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
+def _pages():
+    """Every page of the book: the chapters and the other files in the table of contents."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(toc.get("parts", toc.get("chapters", [])))
+    return files
+
+
+# Runs in the page once it has loaded: opens folded cells (the setup cell is folded), then
+# lists every monospaced box that is wider inside than on the page, i.e. that scrolls sideways.
+_OVERFLOW_PROBE = """<script>
+window.addEventListener("load", function () {
+  setTimeout(function () {
+    document.querySelectorAll("details").forEach(function (d) { d.open = true; });
+    var wide = [];
+    document.querySelectorAll(".cell pre, .cell .output, div.highlight pre").forEach(function (el) {
+      if (el.scrollWidth > el.clientWidth + 1) {
+        var lines = el.textContent.split("\\n");
+        var longest = lines.reduce(function (a, b) { return b.length > a.length ? b : a; }, "");
+        wide.push({scroll: el.scrollWidth, width: el.clientWidth, line: longest.slice(0, 120)});
+      }
+    });
+    document.documentElement.setAttribute("data-overflow", JSON.stringify(wide));
+  }, 300);
+});
+</script>"""
+
+
+def _overflowing_boxes(page: Path) -> list[dict]:
+    """The code boxes of ``page`` that scroll sideways in a 1280x800 window."""
+    probe = page.with_name(f"_overflow_probe_{page.name}")  # beside it, so relative links resolve
+    probe.write_text(page.read_text().replace("</body>", _OVERFLOW_PROBE + "</body>"))
+    try:
+        out = _run_chromium("--window-size=1280,800", "--virtual-time-budget=20000", "--dump-dom", probe.as_uri())
+    finally:
+        probe.unlink()
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = re.search(r'data-overflow="([^"]*)"', out.stdout)
+    assert found, "the overflow probe did not run in the page"
+    return json.loads(html.unescape(found.group(1)))
+
+
 def _rendered_dom(page: Path) -> str:
     # The virtual time budget lets MathJax finish typesetting before the DOM is dumped.
     out = _run_chromium("--virtual-time-budget=20000", "--dump-dom", page.as_uri())
@@ -121,6 +177,29 @@ def test_chapter_page(browser, chapter):
     # No error output made it into the book.
     assert "Traceback (most recent call last)" not in dom
     assert 'class="output traceback' not in dom
+
+
+@pytest.mark.parametrize("name", _pages())
+def test_no_code_scrolls_sideways(browser, name):
+    page = HTML / f"{name}.html"
+    assert page.is_file(), f"{page} was not built"
+    wide = _overflowing_boxes(page)
+    assert not wide, f"{len(wide)} code boxes scroll sideways at 1280x800 in {name}:\n" + "\n".join(
+        f"{w['scroll']} px in {w['width']} px: {w['line']}" for w in wide)
+
+
+def test_overflow_probe_sees_a_wide_box(browser, tmp_path):
+    """The probe is not blind: a page with one over-long code line is reported."""
+    page = HTML / f"{_chapters()[0]}.html"
+    wide_page = page.with_name("_wide_test_page.html")
+    line = "x = '" + "w" * 150 + "'"
+    wide_page.write_text(page.read_text().replace(
+        "</article>", f'<div class="highlight"><pre>{line}</pre></div></article>', 1))
+    try:
+        wide = _overflowing_boxes(wide_page)
+    finally:
+        wide_page.unlink()
+    assert any(w["line"].startswith("x = 'www") for w in wide), wide
 
 
 def test_screenshots(browser):

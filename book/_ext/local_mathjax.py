@@ -23,7 +23,8 @@ ENTRY = "mathjax/tex-mml-chtml.js"
 def _choose_mathjax(app, config):
     static = Path(app.srcdir) / STATIC
     if (static / ENTRY).is_file():
-        config.html_static_path = list(config.html_static_path) + [str(static)]
+        if not {str(STATIC), str(static)} & set(config.html_static_path):  # _config.yml lists it
+            config.html_static_path = list(config.html_static_path) + [str(static)]
         config.mathjax_path = ENTRY  # relative to the built _static folder
         logger.info("MathJax: using the local copy in %s", static / "mathjax")
     elif os.environ.get("CI", "").lower() == "true":
