@@ -1,4 +1,4 @@
-"""Counting FLOPs (chapters 4 and 5).
+"""Counting FLOPs (chapters 2, 4 and 5).
 
 MAE's speed comes from *where* the compute goes: the encoder runs on the
 visible 25% of the tokens, the light decoder on all of them.  These helpers
@@ -13,6 +13,12 @@ The counter only needs shapes, so a model built on the ``meta`` device
     with torch.device("meta"):
         model = mae_vit_huge_patch14()
     encoder_decoder_flops(model, mask_ratio=0.75)
+
+The paper's saving (He et al., Table 1c: 3.3x fewer training FLOPs for ViT-L)
+is measured against the same model whose encoder processes mask tokens in
+place of the removed patches -- all ``L`` tokens -- followed by the same
+decoder: :func:`mask_token_baseline_flops` counts it and
+:func:`flops_saving` gives the ratio.
 """
 
 from __future__ import annotations
@@ -23,7 +29,13 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["EncoderDecoderFlops", "count_flops", "encoder_decoder_flops"]
+__all__ = [
+    "EncoderDecoderFlops",
+    "count_flops",
+    "encoder_decoder_flops",
+    "flops_saving",
+    "mask_token_baseline_flops",
+]
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -69,6 +81,11 @@ class EncoderDecoderFlops:
     decoder_tokens: int
 
     @property
+    def total(self) -> int:
+        """The whole forward pass: ``encoder + decoder``."""
+        return self.encoder + self.decoder
+
+    @property
     def per_token_ratio(self) -> float:
         """Decoder FLOPs per token it processes / encoder FLOPs per token it processes."""
         return (self.decoder / self.decoder_tokens) / (self.encoder / self.encoder_tokens)
@@ -95,3 +112,26 @@ def encoder_decoder_flops(model, mask_ratio: float = 0.75, batch_size: int = 1) 
     encoder = count_flops(model.forward_encoder, imgs, mask_ratio, noise)
     decoder = count_flops(model.forward_decoder, latent, ids_restore)
     return EncoderDecoderFlops(encoder, decoder, encoder_tokens=latent.shape[1], decoder_tokens=L + 1)
+
+
+def mask_token_baseline_flops(model, batch_size: int = 1) -> EncoderDecoderFlops:
+    """FLOPs of the baseline that MAE's saving is measured against.
+
+    In the paper's comparison (He et al., Table 1c and Table 2, "encoder w/ [M]")
+    the encoder replaces every removed patch with a mask token, so it
+    processes all ``1 + L`` tokens, and the decoder is the same.  Putting a
+    mask token in place of a patch costs no FLOPs, so the count is that of
+    ``model`` at mask ratio 0: the encoder on ``1 + L`` tokens, then the
+    decoder (``decoder_embed`` on ``1 + L`` tokens, nothing left to fill in).
+    """
+    return encoder_decoder_flops(model, mask_ratio=0.0, batch_size=batch_size)
+
+
+def flops_saving(model, mask_ratio: float = 0.75) -> float:
+    """How many times fewer FLOPs an MAE forward pass needs than the mask-token baseline.
+
+    ``mask_token_baseline_flops(model).total / encoder_decoder_flops(model, mask_ratio).total``;
+    the backward pass costs about twice the forward pass layer by layer, so a
+    training step saves about the same factor.
+    """
+    return mask_token_baseline_flops(model).total / encoder_decoder_flops(model, mask_ratio).total

@@ -2,8 +2,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mae_from_scratch import MaskedAutoencoderViT, explicit_attention, mae_vit_base_patch16, mae_vit_large_patch16
-from mae_from_scratch.flops import count_flops, encoder_decoder_flops
+from mae_from_scratch import (
+    MaskedAutoencoderViT,
+    explicit_attention,
+    mae_vit_base_patch16,
+    mae_vit_huge_patch14,
+    mae_vit_large_patch16,
+)
+from mae_from_scratch.flops import (
+    count_flops,
+    encoder_decoder_flops,
+    flops_saving,
+    mask_token_baseline_flops,
+)
 
 
 def test_linear_flops_are_two_per_multiply_add():
@@ -56,3 +67,27 @@ def test_paper_claim_per_token_holds_for_large_not_base():
         base, large = mae_vit_base_patch16(), mae_vit_large_patch16()
     assert encoder_decoder_flops(large).per_token_ratio < 0.10
     assert encoder_decoder_flops(base).per_token_ratio > 0.10
+
+
+def test_mask_token_baseline_runs_the_encoder_on_all_tokens(micro_config):
+    cfg = micro_config
+    model = MaskedAutoencoderViT(**cfg)
+    L = (cfg["img_size"] // cfg["patch_size"]) ** 2
+    base = mask_token_baseline_flops(model)
+    assert (base.encoder_tokens, base.decoder_tokens) == (1 + L, 1 + L)
+    mae = encoder_decoder_flops(model, 0.75)
+    # the same decoder blocks and head; only decoder_embed sees 1 + L tokens instead of 1 + L_keep
+    D, Dd = cfg["embed_dim"], cfg["decoder_embed_dim"]
+    assert base.decoder - mae.decoder == 2 * (L - int(L * 0.25)) * D * Dd
+    assert base.total == base.encoder + base.decoder
+    assert flops_saving(model, 0.0) == 1.0
+
+
+def test_flops_saving_matches_the_paper_for_large_and_shrinks_for_base():
+    """He et al., Table 1c: 3.3x fewer FLOPs than an encoder with mask tokens (ViT-L, 8-block decoder)."""
+    with torch.device("meta"):
+        base, large, huge = mae_vit_base_patch16(), mae_vit_large_patch16(), mae_vit_huge_patch14()
+    b, l, h = flops_saving(base), flops_saving(large), flops_saving(huge)
+    assert 3.1 < l < 3.4
+    assert b < l < h < 4.0  # the decoder is a larger share of a smaller encoder's cost
+    assert 2.2 < b < 2.5
