@@ -43,7 +43,7 @@ test: book
 	$(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider --durations=15
 
 unit: venv
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not slow"
 
 nbval: venv
 	$(BIN)/python -m pytest notebooks --nbval-lax

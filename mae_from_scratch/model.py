@@ -13,13 +13,21 @@ Data flow of one training step, with the shapes of MAE ViT-Base/16 at 224 px
       -> decoder_pred, drop cls             (N,196,16*16*3) forward_decoder
       -> MSE on the removed patches         ()             forward_loss
 
+An architecture is described by one :class:`MAEConfig`, and the model reads
+every size from it::
+
+    model = MaskedAutoencoderViT(MAEConfig(img_size=32, patch_size=4, embed_dim=192, ...))
+    model = MaskedAutoencoderViT(img_size=32, patch_size=4, ...)   # the same, from keywords
+    model = MaskedAutoencoderViT(model.config, img_size=64)        # a copy with one field changed
+
 Names of modules and parameters follow the official release, so its
 checkpoints load with ``strict=True`` (see :mod:`mae_from_scratch.checkpoint`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import numbers
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
@@ -33,7 +41,13 @@ from .transformer import Block
 
 @dataclass
 class MAEConfig:
-    """Everything that defines an MAE architecture (the constructor's arguments)."""
+    """Everything that defines an MAE architecture.
+
+    The field names are also the keys of ``"model_config"`` in our training
+    checkpoints (``dataclasses.asdict(model.config)``), so renaming one would
+    stop older checkpoints from loading.  The defaults are ViT-Large/16 with
+    the paper's 512-wide, 8-block decoder.
+    """
 
     img_size: int = 224
     patch_size: int = 16
@@ -48,98 +62,165 @@ class MAEConfig:
     norm_eps: float = 1e-6
     norm_pix_loss: bool = False
 
+    def __post_init__(self) -> None:
+        # Checked here, where the numbers are written, so that a bad architecture
+        # fails with the field's name instead of deep inside a layer's constructor.
+        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "num_heads",
+                     "decoder_embed_dim", "decoder_num_heads"):
+            _require_int(name, getattr(self, name), minimum=1)
+        for name in ("depth", "decoder_depth"):  # 0 blocks is allowed (an ablation, not a useful model)
+            _require_int(name, getattr(self, name), minimum=0)
+        for name in ("mlp_ratio", "norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
+        if not self.norm_eps >= 0:
+            raise ValueError(f"norm_eps must be non-negative, got {self.norm_eps}")
+        if not isinstance(self.norm_pix_loss, bool):
+            raise TypeError(f"norm_pix_loss must be True or False, got {self.norm_pix_loss!r}")
+
+        # The same wording as PatchEmbed, Attention and the sin-cos table use.
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
+            if getattr(self, width) % getattr(self, heads):
+                raise ValueError(
+                    f"{width} {getattr(self, width)} is not divisible by {heads} {getattr(self, heads)}"
+                )
+        for width in ("embed_dim", "decoder_embed_dim"):
+            if getattr(self, width) % 4:
+                raise ValueError(
+                    f"{width} must be divisible by 4 for a 2-D sin-cos table, got {getattr(self, width)}"
+                )
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side of the image."""
+        return self.img_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """``L``, the number of patches of one image."""
+        return self.grid_size**2
+
+
+def _require_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+_CONFIG_FIELDS = tuple(f.name for f in fields(MAEConfig))
+
 
 class MaskedAutoencoderViT(nn.Module):
-    """Masked Autoencoder with a Vision Transformer encoder and a light decoder."""
+    """Masked Autoencoder with a Vision Transformer encoder and a light decoder.
 
-    def __init__(
-        self,
-        img_size: int = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        embed_dim: int = 1024,
-        depth: int = 24,
-        num_heads: int = 16,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        norm_eps: float = 1e-6,
-        norm_pix_loss: bool = False,
-    ):
+    Build it from a :class:`MAEConfig`, from the config's fields as keywords,
+    or from a config plus keywords that replace some of its fields.  Either
+    way the model keeps its own copy as ``self.config``.
+    """
+
+    def __init__(self, config: MAEConfig | None = None, **overrides):
         super().__init__()
-        self.config = MAEConfig(
-            img_size, patch_size, in_chans, embed_dim, depth, num_heads,
-            decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, norm_eps, norm_pix_loss,
-        )
-        self.img_size = img_size
-        self.patch_size = patch_size
-        self.in_chans = in_chans
-        self.norm_pix_loss = norm_pix_loss
+        if config is not None and not isinstance(config, MAEConfig):
+            raise TypeError(
+                f"config must be an MAEConfig, got {type(config).__name__}; "
+                "give the sizes as keywords, e.g. MaskedAutoencoderViT(img_size=32, patch_size=4)"
+            )
+        unknown = sorted(set(overrides) - set(_CONFIG_FIELDS))
+        if unknown:
+            raise TypeError(f"unknown MAEConfig field(s) {unknown}; the fields are {list(_CONFIG_FIELDS)}")
+        # replace() makes a fresh instance, so the config is validated again and
+        # later changes to the caller's object do not reach the model.
+        cfg = replace(config, **overrides) if config is not None else MAEConfig(**overrides)
+        self.config = cfg
 
-        # --------------------------------------------------------------------------
-        # encoder specifics
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        num_patches = self.patch_embed.num_patches
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        # Fixed sin-cos table (row 0 for the cls token): a parameter only so that
-        # checkpoints carry it, never trained.
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)
-        self.blocks = nn.ModuleList(
-            [Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_eps=norm_eps) for _ in range(depth)]
-        )
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        def blocks(width: int, heads: int, count: int) -> nn.ModuleList:
+            return nn.ModuleList(
+                Block(width, heads, cfg.mlp_ratio, qkv_bias=True, norm_eps=cfg.norm_eps) for _ in range(count)
+            )
 
-        # --------------------------------------------------------------------------
-        # decoder specifics
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        # The order in which modules are created below decides how the random
+        # number stream is consumed, and so the initial weights for a given seed.
+
+        # Encoder: a plain ViT that only ever sees the visible patches.
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        # Fixed sin-cos tables (row 0 for the cls token): parameters only so that
+        # checkpoints carry them; they are never trained.
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.num_patches, cfg.embed_dim), requires_grad=False)
+        self.blocks = blocks(cfg.embed_dim, cfg.num_heads, cfg.depth)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+
+        # Decoder: a narrower Transformer over every position (the encoded visible
+        # patches plus one shared, learned mask token per removed patch) that
+        # predicts the pixels of each patch.
+        self.decoder_embed = nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False
+            torch.zeros(1, 1 + cfg.num_patches, cfg.decoder_embed_dim), requires_grad=False
         )
-        self.decoder_blocks = nn.ModuleList(
-            [
-                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_eps=norm_eps)
-                for _ in range(decoder_depth)
-            ]
-        )
-        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=norm_eps)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans, bias=True)
+        self.decoder_blocks = blocks(cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.decoder_depth)
+        self.decoder_norm = nn.LayerNorm(cfg.decoder_embed_dim, eps=cfg.norm_eps)
+        self.decoder_pred = nn.Linear(cfg.decoder_embed_dim, cfg.patch_size**2 * cfg.in_chans, bias=True)
 
-        self.initialize_weights()
+        self.reset_parameters()
 
-    @classmethod
-    def from_config(cls, config: MAEConfig) -> "MaskedAutoencoderViT":
-        return cls(**asdict(config))
+    # Sizes other code reads straight off the model; the config stays their only source.
+    @property
+    def img_size(self) -> int:
+        return self.config.img_size
 
-    # ------------------------------------------------------------------------------
-    # initialization
-    def initialize_weights(self) -> None:
-        grid = self.patch_embed.grid_size
-        self.pos_embed.data.copy_(get_2d_sincos_pos_embed(self.pos_embed.shape[-1], grid, cls_token=True))
-        self.decoder_pos_embed.data.copy_(
-            get_2d_sincos_pos_embed(self.decoder_pos_embed.shape[-1], grid, cls_token=True)
-        )
-        # The patch embedding is a Linear(p*p*C, D) in disguise: initialize it like one.
-        w = self.patch_embed.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    @property
+    def patch_size(self) -> int:
+        return self.config.patch_size
+
+    @property
+    def in_chans(self) -> int:
+        return self.config.in_chans
+
+    @property
+    def norm_pix_loss(self) -> bool:
+        return self.config.norm_pix_loss
+
+    def reset_parameters(self) -> None:
+        """Set every weight to its starting value, as the paper trains from.
+
+        The two position tables get their fixed sin-cos values; the cls and
+        mask tokens small Gaussian noise (std 0.02); every linear map,
+        including the patch embedding, Xavier-uniform weights and zero biases;
+        every LayerNorm the identity.
+        """
+        grid = self.config.grid_size
+        for table in (self.pos_embed, self.decoder_pos_embed):
+            table.data.copy_(get_2d_sincos_pos_embed(table.shape[-1], grid, cls_token=True))
+        # The patch embedding is a Linear(p*p*C, D) in disguise: its Xavier
+        # bound must come from those fan-ins, not the convolution's.
+        conv_weight = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(conv_weight.view(conv_weight.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-        self.apply(self._init_weights)
+        self.apply(self._reset_linear_and_norm)
 
     @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    def _reset_linear_and_norm(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
-    # ------------------------------------------------------------------------------
-    # input checks: a wrong shape should say what is wrong, not fail deep inside a matmul
     def check_images(self, imgs: torch.Tensor) -> None:
+        """Raise a readable error for input the model was not built for.
+
+        A wrong shape should say what is wrong, not fail deep inside a matmul.
+        """
         if not isinstance(imgs, torch.Tensor):
             raise TypeError(f"imgs must be a torch.Tensor, got {type(imgs).__name__}")
         if imgs.ndim != 4:
@@ -159,7 +240,6 @@ class MaskedAutoencoderViT(nn.Module):
                 f"resize the images or build the model with img_size={h}"
             )
 
-    # ------------------------------------------------------------------------------
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W) -> (N, L, p*p*C)``."""
         return patchify(imgs, self.patch_size)
@@ -168,42 +248,54 @@ class MaskedAutoencoderViT(nn.Module):
         """``(N, L, p*p*C) -> (N, C, H, W)``."""
         return unpatchify(x, self.patch_size, self.in_chans)
 
+    def _embed_patches(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Checked images -> one token per patch, position included: ``(N, L, D)``."""
+        self.check_images(imgs)
+        return self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+
+    def _encode(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """Put the cls token in front of ``patch_tokens`` and run the encoder on them all."""
+        cls_token = self.cls_token + self.pos_embed[:, :1, :]
+        tokens = torch.cat([cls_token.expand(patch_tokens.shape[0], -1, -1), patch_tokens], dim=1)
+        for blk in self.blocks:
+            tokens = blk(tokens)
+        return self.norm(tokens)
+
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
         """Encode only the visible patches.
 
         Returns ``latent (N, 1 + L_keep, D)`` (cls token first), ``mask (N, L)``
         and ``ids_restore (N, L)``.
         """
-        self.check_images(imgs)
-        x = self.patch_embed(imgs)  # (N, L, D)
-        x = x + self.pos_embed[:, 1:, :]  # positions are added *before* shuffling
-        x, mask, ids_restore = random_masking(x, mask_ratio, noise)  # (N, L_keep, D)
+        # Positions are added *before* the shuffle, so each kept token still knows where it was.
+        patch_tokens = self._embed_patches(imgs)
+        visible, mask, ids_restore = random_masking(patch_tokens, mask_ratio, noise)  # (N, L_keep, D)
+        return self._encode(visible), mask, ids_restore
 
-        cls = self.cls_token + self.pos_embed[:, :1, :]
-        x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
-        x = self.norm(x)
-        return x, mask, ids_restore
+    def _fill_in_mask_tokens(self, visible: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """``(N, L_keep, D_dec)`` visible tokens in shuffled order -> ``(N, L, D_dec)`` in patch order.
+
+        Every removed patch gets a copy of the one learned ``mask_token``.
+        """
+        n, num_visible, width = visible.shape
+        num_removed = ids_restore.shape[1] - num_visible
+        # random_masking kept the first L_keep tokens of the shuffled order, so
+        # the removed ones are the rest: appending the mask tokens rebuilds the
+        # whole shuffled sequence ...
+        shuffled = torch.cat([visible, self.mask_token.expand(n, num_removed, -1)], dim=1)
+        # ... and patch j of the original order is the token at shuffled position ids_restore[j].
+        return torch.gather(shuffled, 1, ids_restore.unsqueeze(-1).expand(-1, -1, width))
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Predict the pixels of every patch: ``(N, 1 + L_keep, D) -> (N, L, p*p*C)``."""
-        x = self.decoder_embed(latent)  # (N, 1 + L_keep, D_dec)
-        n, t, d = x.shape
-        L = ids_restore.shape[1]
-        # One (learned, shared) mask token for every removed patch.
-        mask_tokens = self.mask_token.expand(n, L + 1 - t, -1)
-        x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)  # (N, L, D_dec), shuffled order
-        # Unshuffle: position j takes the token that was placed at ids_restore[j].
-        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
-        x = torch.cat([x[:, :1, :], x_], dim=1)  # cls token back in front
-
-        x = x + self.decoder_pos_embed  # the decoder needs to know where each token is
+        tokens = self.decoder_embed(latent)  # (N, 1 + L_keep, D_dec)
+        patch_tokens = self._fill_in_mask_tokens(tokens[:, 1:, :], ids_restore)  # (N, L, D_dec)
+        tokens = torch.cat([tokens[:, :1, :], patch_tokens], dim=1)  # the cls token stays in front
+        tokens = tokens + self.decoder_pos_embed  # mask tokens are identical: only this tells them apart
         for blk in self.decoder_blocks:
-            x = blk(x)
-        x = self.decoder_norm(x)
-        x = self.decoder_pred(x)  # (N, 1 + L, p*p*C)
-        return x[:, 1:, :]  # drop the cls token
+            tokens = blk(tokens)
+        pixels = self.decoder_pred(self.decoder_norm(tokens))  # (N, 1 + L, p*p*C)
+        return pixels[:, 1:, :]  # the cls token predicts no patch
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """MSE on removed patches; targets normalized per patch when ``norm_pix_loss``."""
@@ -225,7 +317,6 @@ class MaskedAutoencoderViT(nn.Module):
         loss = self.forward_loss(imgs, pred, mask)
         return loss, pred, mask
 
-    # ------------------------------------------------------------------------------
     def forward_features(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
         """The encoder on *all* patches, in their original order (no masking, no shuffle).
 
@@ -235,67 +326,57 @@ class MaskedAutoencoderViT(nn.Module):
         """
         if pool not in ("cls", "mean", "none"):
             raise ValueError(f"pool must be 'cls', 'mean' or 'none', got {pool!r}")
-        self.check_images(imgs)
-        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
-        cls = self.cls_token + self.pos_embed[:, :1, :]
-        x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
-        x = self.norm(x)
+        tokens = self._encode(self._embed_patches(imgs))
         if pool == "cls":
-            return x[:, 0]
+            return tokens[:, 0]
         if pool == "mean":
-            return x[:, 1:].mean(dim=1)
-        return x
+            return tokens[:, 1:].mean(dim=1)
+        return tokens
 
 
-# ----------------------------------------------------------------------------------
-# The official configurations (decoder 512-d, 8 blocks, 16 heads) ...
-def mae_vit_base_patch16(**kwargs) -> MaskedAutoencoderViT:
-    return MaskedAutoencoderViT(
-        **{**dict(patch_size=16, embed_dim=768, depth=12, num_heads=12,
-                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16), **kwargs}
-    )
+# The paper's three models, with its decoder (512 wide, 8 blocks, 16 heads) ...
+_PAPER_DECODER = dict(decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
 
 
-def mae_vit_large_patch16(**kwargs) -> MaskedAutoencoderViT:
-    return MaskedAutoencoderViT(
-        **{**dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16,
-                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16), **kwargs}
-    )
+def mae_vit_base_patch16(**overrides) -> MaskedAutoencoderViT:
+    """ViT-Base/16 at 224 px: encoder 768 wide, 12 blocks, 12 heads."""
+    config = MAEConfig(patch_size=16, embed_dim=768, depth=12, num_heads=12, **_PAPER_DECODER)
+    return MaskedAutoencoderViT(config, **overrides)
 
 
-def mae_vit_huge_patch14(**kwargs) -> MaskedAutoencoderViT:
-    return MaskedAutoencoderViT(
-        **{**dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16,
-                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16), **kwargs}
-    )
+def mae_vit_large_patch16(**overrides) -> MaskedAutoencoderViT:
+    """ViT-Large/16 at 224 px: encoder 1024 wide, 24 blocks, 16 heads."""
+    config = MAEConfig(patch_size=16, embed_dim=1024, depth=24, num_heads=16, **_PAPER_DECODER)
+    return MaskedAutoencoderViT(config, **overrides)
+
+
+def mae_vit_huge_patch14(**overrides) -> MaskedAutoencoderViT:
+    """ViT-Huge/14 at 224 px: encoder 1280 wide, 32 blocks, 16 heads."""
+    config = MAEConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16, **_PAPER_DECODER)
+    return MaskedAutoencoderViT(config, **overrides)
 
 
 # ... and small ones for CPUs and Colab.  Their decoders are sized to the encoder
 # (a 512x8 decoder would cost more than a ViT-Tiny encoder).
-def mae_vit_tiny_patch4_32(**kwargs) -> MaskedAutoencoderViT:
+def mae_vit_tiny_patch4_32(**overrides) -> MaskedAutoencoderViT:
     """ViT-Tiny/4 for 32x32 images (CIFAR-10): 64 patches, encoder 192x12, decoder 128x4."""
-    return MaskedAutoencoderViT(
-        **{**dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3,
-                  decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4), **kwargs}
-    )
+    config = MAEConfig(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3,
+                       decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4)
+    return MaskedAutoencoderViT(config, **overrides)
 
 
-def mae_vit_tiny_patch8_64(**kwargs) -> MaskedAutoencoderViT:
+def mae_vit_tiny_patch8_64(**overrides) -> MaskedAutoencoderViT:
     """ViT-Tiny/8 for 64x64 images (Tiny ImageNet, STL-10 resized): 64 patches."""
-    return MaskedAutoencoderViT(
-        **{**dict(img_size=64, patch_size=8, embed_dim=192, depth=12, num_heads=3,
-                  decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4), **kwargs}
-    )
+    config = MAEConfig(img_size=64, patch_size=8, embed_dim=192, depth=12, num_heads=3,
+                       decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4)
+    return MaskedAutoencoderViT(config, **overrides)
 
 
-def mae_vit_micro_patch4_32(**kwargs) -> MaskedAutoencoderViT:
+def mae_vit_micro_patch4_32(**overrides) -> MaskedAutoencoderViT:
     """A very small model for quick CPU demos and tests: encoder 96x4, decoder 64x2."""
-    return MaskedAutoencoderViT(
-        **{**dict(img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=3,
-                  decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4), **kwargs}
-    )
+    config = MAEConfig(img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=3,
+                       decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4)
+    return MaskedAutoencoderViT(config, **overrides)
 
 
 MODELS = {

@@ -42,12 +42,43 @@ def test_masking_properties(n, L, ratio, seed):
         assert torch.equal(x_masked[i], x[i, ids_shuffle[i, :len_keep]])
 
 
-def test_default_noise_is_random_and_on_device():
+def test_default_noise_comes_from_the_global_generator():
+    """Without ``noise`` the mask is random, and ``torch.manual_seed`` makes it repeatable."""
     x = torch.randn(2, 16, 4)
-    _, m1, _ = random_masking(x, 0.75)
-    _, m2, _ = random_masking(x, 0.75)
-    assert m1.device == x.device
-    assert not torch.equal(m1, m2)
+    torch.manual_seed(5)
+    _, m1, r1 = random_masking(x, 0.75)
+    torch.manual_seed(5)
+    _, m2, r2 = random_masking(x, 0.75)
+    _, m3, _ = random_masking(x, 0.75)
+    assert torch.equal(m1, m2) and torch.equal(r1, r2)
+    assert not torch.equal(m1, m3)
+
+
+def test_outputs_keep_the_tokens_dtype_and_device():
+    x = torch.randn(2, 16, 4, dtype=torch.float64)
+    x_masked, mask, ids_restore = random_masking(x, 0.75)
+    # Tokens are copied, never cast; the mask is float32 and the indices int64 whatever x is.
+    assert (x_masked.dtype, mask.dtype, ids_restore.dtype) == (torch.float64, torch.float32, torch.int64)
+    ids_keep = torch.argsort(ids_restore, dim=1)[:, :4]  # the shuffle, recovered from its inverse
+    assert torch.equal(x_masked, torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, 4)))
+    # Every build has a second device, "meta": outputs follow the tokens there,
+    # with the default noise and with noise given on the CPU.
+    tokens = torch.empty(2, 16, 4, device="meta")
+    for noise in (None, torch.rand(2, 16)):
+        outs = random_masking(tokens, 0.75, noise)
+        assert [t.device.type for t in outs] == ["meta"] * 3
+        assert [tuple(t.shape) for t in outs] == [(2, 4, 4), (2, 16), (2, 16)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_tokens_mask_like_cpu_tokens():
+    x = torch.randn(2, 16, 4)
+    noise = torch.rand(2, 16)
+    on_gpu = random_masking(x.cuda(), 0.75, noise)  # noise on the CPU is moved to the tokens
+    assert all(t.is_cuda for t in on_gpu)
+    for a, b in zip(on_gpu, random_masking(x, 0.75, noise)):
+        assert torch.equal(a.cpu(), b)
+    assert random_masking(x.cuda(), 0.75)[1].is_cuda  # default noise drawn on the GPU
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])

@@ -1,9 +1,14 @@
 """The repository's own consistency: notebooks, configuration, dependencies."""
 
+import ast
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 import nbformat
 import yaml
@@ -48,6 +53,47 @@ def test_environment_yml_agrees_with_pyproject():
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = _names([r for r in pip_section if not r.startswith("-e")])
     assert listed == wanted
+
+
+def _oldest_python():
+    spec = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    match = re.fullmatch(r">=\s*3\.(\d+)", spec)
+    assert match, f"requires-python {spec!r} is not of the form '>=3.N'"
+    return 3, int(match.group(1))
+
+
+def _uses_union_types(tree):
+    """Whether annotations or isinstance() calls spell a union as ``A | B`` (run-time only on 3.10+)."""
+    def union(node):
+        return node is not None and any(
+            isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(node))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs + [node.args.vararg, node.args.kwarg]
+            if union(node.returns) or any(a is not None and union(a.annotation) for a in args):
+                return True
+        if isinstance(node, ast.AnnAssign) and union(node.annotation):
+            return True
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("isinstance", "issubclass"):
+            if len(node.args) == 2 and isinstance(node.args[1], ast.BinOp):
+                return "isinstance"
+    return False
+
+
+def test_sources_run_on_the_oldest_supported_python():
+    """Nothing newer than requires-python: no newer syntax (match, except*, ...), and
+    ``X | Y`` types only where they stay unevaluated strings."""
+    version = _oldest_python()
+    paths = sorted([*ROOT.glob("mae_from_scratch/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("tools/*.py")])
+    assert len(paths) > 20
+    for path in paths:
+        source = path.read_text()
+        tree = ast.parse(source, filename=str(path), feature_version=version)
+        if version < (3, 10):
+            future = "from __future__ import annotations" in source
+            uses = _uses_union_types(tree)
+            assert uses != "isinstance", f"{path.name}: isinstance(x, A | B) needs Python 3.10"
+            assert future or not uses, f"{path.name}: 'A | B' annotations need 'from __future__ import annotations'"
 
 
 def test_every_notebook_is_in_the_toc_and_has_a_check_cell():

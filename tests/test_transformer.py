@@ -24,19 +24,69 @@ def test_explicit_attention_is_a_weighted_average_of_values():
     torch.testing.assert_close(explicit_attention(q, k, v), v)
 
 
-def test_attention_heads_are_independent():
-    """Changing the values seen by head 0 leaves head 1's output untouched."""
-    attn = Attention(8, 2, fused=False)
+def reference_attention(attn, x, interleaved_heads=False):
+    """Multi-head self-attention computed from ``attn``'s own weights, one head at a time.
+
+    Written without the module's code: ``qkv`` stacks the q, k and v projections
+    (``D`` output rows each) and head ``h`` owns channels ``h*d .. (h+1)*d - 1`` of
+    each.  ``interleaved_heads=True`` gives head ``h`` the channels ``h, h+H, h+2H, ...``
+    instead, a plausible mistake the comparison must catch.
+    """
+    D, H = x.shape[-1], attn.num_heads
+    d = D // H
+    w, b = attn.qkv.weight, attn.qkv.bias
+    q, k, v = (x @ w[i * D:(i + 1) * D].T + b[i * D:(i + 1) * D] for i in range(3))
+    heads = []
+    for h in range(H):
+        channels = torch.arange(h, D, H) if interleaved_heads else torch.arange(h * d, (h + 1) * d)
+        qh, kh, vh = q[..., channels], k[..., channels], v[..., channels]
+        scores = qh @ kh.transpose(-2, -1) / d**0.5  # (N, T, T)
+        weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+        weights = weights / weights.sum(-1, keepdim=True)
+        heads.append(weights @ vh)
+    out = torch.empty_like(x)
+    for h, head in enumerate(heads):  # put each head back where it came from
+        channels = torch.arange(h, D, H) if interleaved_heads else torch.arange(h * d, (h + 1) * d)
+        out[..., channels] = head
+    return out @ attn.proj.weight.T + attn.proj.bias
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("heads", [1, 3, 4])
+def test_attention_forward_matches_a_reference(fused, heads):
+    torch.manual_seed(heads)
+    attn = Attention(12, heads, fused=fused).double()
+    with torch.no_grad():  # nonzero biases, so a dropped bias shows
+        attn.qkv.bias.normal_()
+        attn.proj.bias.normal_()
+    x = torch.randn(2, 7, 12, dtype=torch.float64)
+    with torch.no_grad():
+        out = attn(x)
+        torch.testing.assert_close(out, reference_attention(attn, x), atol=1e-10, rtol=1e-10)
+        if heads > 1:  # the reference is sharp enough to see a wrong head split
+            assert (out - reference_attention(attn, x, interleaved_heads=True)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_attention_heads_are_independent(fused):
+    """Changing head 0's query and value weights changes head 0's output channels only.
+
+    With ``proj`` set to the identity the output is the concatenation of the heads,
+    so this checks where ``forward`` splits the channels into heads and where it
+    puts each head's result back.
+    """
+    attn = Attention(8, 2, fused=fused)
+    with torch.no_grad():
+        attn.proj.weight.copy_(torch.eye(8))
+        attn.proj.bias.zero_()
     x = torch.randn(1, 6, 8)
     with torch.no_grad():
-        q, k, v = attn.qkv(x).chunk(3, dim=-1)
-        v2 = v.clone()
-        v2[..., :4] += 1.0  # head 0's values
-        from einops import rearrange
-        split = lambda t: rearrange(t, "n t (h d) -> n h t d", h=2)  # noqa: E731
-        a = explicit_attention(split(q), split(k), split(v))
-        b = explicit_attention(split(q), split(k), split(v2))
-    assert torch.equal(a[:, 1], b[:, 1]) and not torch.equal(a[:, 0], b[:, 0])
+        before = attn(x)
+        attn.qkv.weight[0:4] += torch.randn(4, 8)  # q of head 0
+        attn.qkv.weight[16:20] += torch.randn(4, 8)  # v of head 0
+        after = attn(x)
+    torch.testing.assert_close(after[..., 4:], before[..., 4:], atol=1e-6, rtol=0)  # head 1: untouched
+    assert (after[..., :4] - before[..., :4]).abs().max() > 0.1  # head 0: changed
 
 
 def test_block_shapes_and_names():
