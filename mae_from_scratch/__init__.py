@@ -5,6 +5,8 @@ One module per idea, in the order the book builds them:
 ========================  ==========================================  =======
 module                    what it holds                               chapter
 ========================  ==========================================  =======
+``photos``                the book's photographs, held-out crops,     1-7
+                          ``normalize``
 ``patching``              ``patchify`` / ``unpatchify``, PatchEmbed   1
 ``masking``               ``random_masking``                          2
 ``pos_embed``             fixed 2-D sin-cos positional embedding      3
@@ -12,9 +14,11 @@ module                    what it holds                               chapter
 ``model``                 ``MaskedAutoencoderViT`` and its configs    5, 7
 ``loss``                  masked MSE, per-patch normalized targets    6
 ``flops``                 FLOP counts of encoder and decoder          4, 5
-``checkpoint``            official checkpoints; atomic training ones
-``data``                  datasets, transforms, offline photos
-``engine``                training loops (``train_steps``, epochs)
+``checkpoint``            all checkpoint I/O: official checkpoints,   7
+                          atomic training ones, encoders to evaluate
+``data``                  data sets, transforms, archives, the
+                          resumable sampler
+``engine``                training loops (``train_steps``, epochs)    4, 6, 7
 ``optim``                 AdamW parameter groups, lr schedule
 ``precision``             mixed precision chosen from the hardware
 ``distributed``           torchrun / DDP helpers

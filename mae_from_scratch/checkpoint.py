@@ -1,16 +1,20 @@
-"""Loading official MAE checkpoints.
+"""Every checkpoint read or written by the package.
 
-The official release ships two kinds of files, both ``{'model': state_dict}``:
-
-* full models with the decoder, e.g. ``mae_visualize_vit_large.pth`` (used for
-  the reconstruction pictures);
-* encoder-only files, e.g. ``mae_pretrain_vit_base.pth`` (used for
-  fine-tuning and linear probing).
-
-Because our parameter names are the official ones, both load with
-``strict=True``.  The positional embeddings are fixed sin-cos tables, so for
-another image size we *regenerate* them for the new grid instead of
-interpolating (interpolating a sin-cos table does not give a sin-cos table).
+* **Official MAE checkpoints** (:func:`load_official_checkpoint`).  The release
+  ships two kinds of files, both ``{'model': state_dict}``: full models with the
+  decoder, e.g. ``mae_visualize_vit_large.pth`` (used for the reconstruction
+  pictures), and encoder-only files, e.g. ``mae_pretrain_vit_base.pth`` (used
+  for fine-tuning and linear probing).  Because our parameter names are the
+  official ones, both load with ``strict=True``.  The positional embeddings are
+  fixed sin-cos tables, so for another image size we *regenerate* them for the
+  new grid instead of interpolating (interpolating a sin-cos table does not
+  give a sin-cos table).
+* **Training checkpoints** written by pretraining: :func:`training_checkpoint`
+  builds one, :func:`save_atomic` writes it, :func:`load_training_checkpoint`
+  reads it back for ``--resume``.
+* **An encoder from any of them** (:func:`load_encoder_checkpoint`): ours, which
+  carry the model's configuration and the data statistics, official ones, or a
+  bare state dict; used by :mod:`mae_from_scratch.evaluate`.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
+from .model import MODELS, MAEConfig, MaskedAutoencoderViT, create_model
+from .photos import IMAGENET_MEAN, IMAGENET_STD
 from .pos_embed import get_2d_sincos_pos_embed
 
 POS_EMBED_KEYS = ("pos_embed", "decoder_pos_embed")
@@ -138,10 +144,41 @@ def load_official_checkpoint(model: nn.Module, checkpoint, strict: bool = True, 
 # Training checkpoints (written by pretraining, read by --resume and evaluation)
 #
 # Layout: the official one, ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}``,
-# plus what an exact resume needs (``step``, ``epoch_step``, ``rng``, ...).  Only
-# tensors, numbers, strings, lists and dicts go in, so every file loads with
+# plus what an exact resume needs (``step``, ``epoch_step``, ``rng``, ...) and
+# what evaluation needs (``model_config``, ``dataset``).  Only tensors, numbers,
+# strings, lists and dicts go in, so every file loads with
 # ``torch.load(path, weights_only=True)`` (no pickled classes).
 # ==================================================================================
+
+
+def training_checkpoint(model, optimizer, scaler, args, *, epoch: int, epoch_step: int, steps_per_epoch: int,
+                        epoch_meter, dataset) -> dict:
+    """The checkpoint of a pretraining run at optimizer step ``epoch_step`` of ``epoch``.
+
+    ``model`` is the unwrapped :class:`~mae_from_scratch.MaskedAutoencoderViT`;
+    ``args`` the run's namespace; ``epoch_meter`` the running sums of the epoch
+    (anything with ``state_dict()``); ``dataset`` a
+    :class:`~mae_from_scratch.data.DatasetInfo` (name, statistics, classes).
+    The epoch is complete when ``epoch_step == steps_per_epoch``.
+    """
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "scaler": scaler.state_dict(),
+        "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "step": epoch * steps_per_epoch + epoch_step,  # optimizer steps since the start
+        "epoch_step": epoch_step,  # optimizer steps done in `epoch` (the sampler position)
+        "steps_per_epoch": steps_per_epoch,
+        "epoch_meter": epoch_meter.state_dict(),
+        "rng": rng,
+        "model_config": asdict(model.config),
+        "dataset": {"name": dataset.name, "mean": list(dataset.mean), "std": list(dataset.std),
+                    "classes": list(dataset.classes) if dataset.classes else None},
+    }
 
 
 def save_atomic(obj, path) -> None:
@@ -191,3 +228,74 @@ def load_training_checkpoint(path) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{path} is not a training checkpoint (no 'model' entry)")
     return ckpt
+
+
+# ==================================================================================
+# An encoder from any checkpoint: ours, official, or a bare state dict
+# ==================================================================================
+
+# Keys of official *fine-tuned* checkpoints that are not part of the encoder.
+_HEAD_PREFIXES = ("head.", "fc_norm.")
+
+
+@dataclass
+class Encoder:
+    """A model read from a checkpoint, with what evaluating it needs to know."""
+
+    model: MaskedAutoencoderViT
+    mean: tuple  # the normalization it was pretrained with
+    std: tuple
+    dataset: str | None  # the data set it was pretrained on, when known
+    data_path: str | None
+    source: str  # 'ours', 'official' or 'random'
+
+
+def infer_model_name(state: dict) -> str:
+    """The factory in :data:`~mae_from_scratch.model.MODELS` whose encoder has the
+    width, depth and patch size of the state dict ``state``."""
+    dim = state["cls_token"].shape[-1]
+    patch = state["patch_embed.proj.weight"].shape[-1]
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    for name, factory in MODELS.items():
+        with torch.device("meta"):  # shapes only, no memory
+            cfg = factory().config
+        if (cfg.embed_dim, cfg.patch_size, cfg.depth) == (dim, patch, depth):
+            return name
+    raise ValueError(f"no model in MODELS has width {dim}, patch {patch} and depth {depth}; pass --model")
+
+
+def load_encoder_checkpoint(checkpoint, model: str | None = None, input_size: int | None = None) -> Encoder:
+    """Build the model stored in ``checkpoint`` (a path) and load its encoder.
+
+    * ours (a ``model_config`` entry): the architecture, statistics, data set
+      and data path travel with the weights;
+    * official ``{'model': state_dict}`` or a bare state dict: the architecture
+      is ``model`` (a name in ``MODELS``) or inferred from the shapes, the
+      statistics are ImageNet's.  Fine-tuning heads (``head.``, ``fc_norm.``)
+      are dropped.
+
+    An encoder-only file loads without the warning that its decoder is missing.
+    ``input_size`` other than the stored one regenerates the sin-cos positions.
+    """
+    try:
+        raw = load_training_checkpoint(checkpoint)  # ours and official: {'model': ...}
+    except ValueError:
+        raw = read_state_dict(os.fspath(checkpoint))  # a bare state dict
+    state = {k: v for k, v in read_state_dict(raw).items() if not k.startswith(_HEAD_PREFIXES)}
+    if "model_config" in raw:
+        overrides = {"img_size": input_size} if input_size else {}
+        m = MaskedAutoencoderViT(MAEConfig(**raw["model_config"]), **overrides)
+        ds = raw.get("dataset", {})
+        mean, std = tuple(ds.get("mean", IMAGENET_MEAN)), tuple(ds.get("std", IMAGENET_STD))
+        pre_dataset, data_path, source = ds.get("name"), raw.get("args", {}).get("data_path"), "ours"
+    else:
+        name = model or infer_model_name(state)
+        if not input_size:
+            with torch.device("meta"):  # only the configuration is needed
+                input_size = create_model(name).img_size
+        m = create_model(name, img_size=input_size)
+        mean, std, pre_dataset, data_path, source = IMAGENET_MEAN, IMAGENET_STD, None, None, "official"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="this is an encoder-only checkpoint")
+        load_official_checkpoint(m, {"model": state}, strict=True)
+    return Encoder(m, mean, std, pre_dataset, data_path, source)

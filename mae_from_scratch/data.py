@@ -1,8 +1,13 @@
-"""Data for pretraining and evaluation: data sets by name, transforms, archives.
+"""Data for pretraining and evaluation: data sets by name, transforms, archives,
+and the resumable sampler.
 
 Everything here feeds :mod:`mae_from_scratch.pretrain` and
 :mod:`mae_from_scratch.evaluate`.  The book's photographs (and the offline
 ``photos`` data set made of their crops) live in :mod:`mae_from_scratch.photos`.
+
+Every data set and transform is a module-level class, with no lambdas or
+closures inside, so that data-loader workers started by ``spawn`` (the default
+on macOS and Windows) can receive them by pickling.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DistributedSampler
+from torchvision import transforms as T
+from torchvision.datasets import ImageFolder
 
 from .photos import IMAGENET_MEAN, IMAGENET_STD, PhotoCrops
 
@@ -85,8 +93,6 @@ class DataError(RuntimeError):
 def pretrain_transform(input_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """The official pretraining augmentation: a random resized crop covering 20-100%
     of the image (bicubic), a horizontal flip, then normalization.  PIL -> ``(3, s, s)``."""
-    from torchvision import transforms as T
-
     return T.Compose([
         T.RandomResizedCrop(input_size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
@@ -99,8 +105,6 @@ def eval_transform(input_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_p
     """No augmentation: resize the shorter side to ``input_size / crop_pct`` (bicubic),
     centre crop ``input_size``, normalize.  ``crop_pct=0.875`` is ImageNet's 256 -> 224;
     small data sets (CIFAR-10 at 32 px) use the whole image (``crop_pct=1``)."""
-    from torchvision import transforms as T
-
     return T.Compose([
         T.Resize(int(round(input_size / crop_pct)), interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(input_size),
@@ -156,6 +160,33 @@ class MAEPretrainDataset(torch.utils.data.Dataset):
             g.set_state(state)
         noise = torch.rand(self.num_patches, generator=torch.Generator().manual_seed(s))
         return img, noise
+
+
+class ResumableSampler(DistributedSampler):
+    """The sampler of :class:`MAEPretrainDataset`: its items are the ``(epoch, index)``
+    keys that data set reads, and it can start part-way into an epoch.
+
+    The order is DistributedSampler's (a permutation seeded by ``seed + epoch``,
+    rank ``r`` taking every ``world_size``-th index from ``r``).  Handing the epoch
+    to the data set with each index keeps per-sample randomness right in
+    persistent loader workers, which never see ``set_epoch``.
+    """
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        """Next iteration yields ``epoch``'s indices from the ``start``-th on (for this rank)."""
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        indices = list(super().__iter__())[self.start:]
+        return iter([(self.epoch, i) for i in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
 
 
 # ----------------------------------------------------------------------------------
@@ -214,10 +245,10 @@ def extract_archive(path, cache_dir=None) -> Path:
     return dest
 
 
-def archive_root(path, cache_dir=None) -> Path:
+def archive_root(path) -> Path:
     """Extract an archive and return its data root: its single top-level folder if it
     has exactly one (``cifar10/`` in cifar10-jpeg.tar.gz), else the extraction folder."""
-    dest = extract_archive(path, cache_dir)
+    dest = extract_archive(path)
     top = [p for p in dest.iterdir() if not p.name.startswith(".")]
     return top[0] if len(top) == 1 and top[0].is_dir() else dest
 
@@ -235,36 +266,46 @@ def _pil_loader(path: str):
         raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
 
 
-def image_folder(root, classes=None):
-    """``torchvision.datasets.ImageFolder`` on ``root/<class>/<image>``.
+class ClassFolder(ImageFolder):
+    """``torchvision.datasets.ImageFolder`` on ``root/<class>/<image>`` that names the
+    file it cannot read and, given ``classes``, uses that label order.
 
-    ``classes`` fixes the label order (e.g. CIFAR-10's); every listed class must
-    have a folder.  Raises :class:`DataError` naming the path for a missing or
-    empty folder; an unreadable image raises when it is loaded, naming the file.
+    With ``classes`` every listed class must have a folder (other folders are
+    ignored).  Build it through :func:`image_folder`, which checks the folder first.
     """
-    from torchvision.datasets import ImageFolder
 
+    def __init__(self, root, classes=None):
+        # Set before ImageFolder's constructor, which calls find_classes.
+        self.fixed_classes = None if classes is None else tuple(classes)
+        super().__init__(str(root), loader=_pil_loader)
+
+    def find_classes(self, directory):
+        if self.fixed_classes is None:
+            return super().find_classes(directory)
+        present = {p.name for p in Path(directory).iterdir() if p.is_dir()}
+        missing = [c for c in self.fixed_classes if c not in present]
+        if missing:
+            raise DataError(f"{directory} lacks the class folders {missing} (expected {list(self.fixed_classes)})")
+        return list(self.fixed_classes), {c: i for i, c in enumerate(self.fixed_classes)}
+
+
+def image_folder(root, classes=None) -> ClassFolder:
+    """A :class:`ClassFolder` on ``root/<class>/<image>``.
+
+    ``classes`` fixes the label order (e.g. CIFAR-10's).  Raises :class:`DataError`
+    naming the path for a missing or empty folder or a missing class folder; an
+    unreadable image raises when it is loaded, naming the file.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
-    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not subdirs:
+    if not any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
         raise DataError(
             f"{root} has no class folders; ImageFolder expects {root}/<class>/<image>"
             " (put images in at least one subfolder)"
         )
-
-    class _Folder(ImageFolder):
-        def find_classes(self, directory):
-            if classes is None:
-                return super().find_classes(directory)
-            missing = [c for c in classes if c not in subdirs]
-            if missing:
-                raise DataError(f"{directory} lacks the class folders {missing} (expected {list(classes)})")
-            return list(classes), {c: i for i, c in enumerate(classes)}
-
     try:
-        return _Folder(str(root), loader=_pil_loader)
+        return ClassFolder(root, classes)
     except FileNotFoundError as e:
         raise DataError(
             f"no images in {root}: its class folders hold no files with an image extension {IMAGE_EXTENSIONS} ({e})"
@@ -305,8 +346,8 @@ def _download_error(name: str, e: Exception) -> DataError:
     )
 
 
-def build_dataset(name: str, split: str, data_path=None, transform=None, download: bool = True,
-                  num_photos: int = 4096, photo_size: int = 64):
+def build_dataset(name: str, split: str, data_path=None, transform=None, num_photos: int = 4096,
+                  photo_size: int = 64):
     """The raw data set (items ``(PIL image or transformed tensor, label)``).
 
     Args:
@@ -315,7 +356,8 @@ def build_dataset(name: str, split: str, data_path=None, transform=None, downloa
         data_path: a directory or an archive; ``None`` downloads (cifar10, stl10)
             or generates (photos).
         transform: applied to the PIL image; ``None`` returns the PIL image.
-        download: allow torchvision to download when ``data_path`` is ``None``.
+        num_photos, photo_size: the number and side of the training crops of
+            ``photos`` (its test split has a quarter as many).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -336,10 +378,10 @@ def build_dataset(name: str, split: str, data_path=None, transform=None, downloa
         try:
             if name == "cifar10":
                 ds = tvd.CIFAR10(str(download_root), train=split == "train", transform=transform,
-                                 download=download and root is None)
+                                 download=root is None)
             else:
                 ds = tvd.STL10(str(download_root), split="train+unlabeled" if split == "train" else "test",
-                               transform=transform, download=download and root is None)
+                               transform=transform, download=root is None)
         except RuntimeError as e:
             if root is not None:  # torchvision: "Dataset not found or corrupted"
                 raise DataError(
@@ -365,7 +407,6 @@ class _Transformed(torch.utils.data.Dataset):
         self.base = base
         self.transform = transform
         self.classes = getattr(base, "classes", None)
-        self.targets = getattr(base, "targets", None)
 
     def __len__(self) -> int:
         return len(self.base)

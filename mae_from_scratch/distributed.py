@@ -19,7 +19,6 @@ import torch.distributed as dist
 class DistInfo:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -51,7 +50,7 @@ def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
                                 device_id=dev if dev.type == "cuda" else None)
-    return DistInfo(rank, world, local_rank), dev
+    return DistInfo(rank, world), dev
 
 
 def cleanup_distributed() -> None:
@@ -71,12 +70,3 @@ def all_reduce_mean(x: float, device: torch.device) -> float:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def broadcast_object(obj, src: int = 0):
-    """Send a picklable object from rank ``src`` to every rank (identity when single-process)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

@@ -1,8 +1,9 @@
 """Training loops.
 
 :func:`train_steps` is the smallest honest MAE training loop: a fixed batch,
-AdamW, fresh random masks at every step.  The chapters use it to train a
-tiny model for a minute on a CPU.
+the recipe's AdamW (:func:`~mae_from_scratch.optim.build_optimizer`), fresh
+random masks at every step.  The chapters use it to train a tiny model for a
+minute on a CPU.  :func:`train_one_epoch` is the pretraining epoch.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import contextlib
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from tqdm import tqdm  # plain tqdm: the widget form does not render in the static book
 
 from .distributed import all_reduce_mean
-from .optim import set_lr
+from .optim import build_optimizer, set_lr
 from .precision import choose_precision
 
 
@@ -35,6 +36,10 @@ def train_steps(
 ) -> list[dict]:
     """Train ``model`` for ``steps`` AdamW steps on ``imgs`` and return a metrics log.
 
+    The optimizer is the pretraining recipe's: AdamW with ``betas=(0.9, 0.95)``,
+    ``weight_decay`` on the weight matrices and tokens but not on norms and
+    biases, the fixed positional tables left out (see :mod:`mae_from_scratch.optim`).
+
     Each step draws its mask noise (and, with ``batch_size``, its mini-batch)
     from a generator seeded with ``seed``, so two calls with the same arguments
     and the same initial model give the same losses on the same device.
@@ -46,8 +51,7 @@ def train_steps(
     device = next(model.parameters()).device
     imgs = imgs.to(device)
     g = torch.Generator().manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    opt = build_optimizer(model, lr, weight_decay)
     n = imgs.shape[0]
     num_patches = model.patch_embed.num_patches
     log = []
@@ -84,7 +88,6 @@ class EpochMeter:
 
     loss_sum: float = 0.0
     steps: int = 0
-    extra: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         return {"loss_sum": self.loss_sum, "steps": self.steps}
@@ -132,13 +135,16 @@ def train_one_epoch(
     """Run optimizer steps ``start_step .. steps_per_epoch - 1`` of ``epoch``.
 
     ``data_loader`` yields ``(imgs (B, 3, s, s), noise (B, L))`` already positioned
-    at ``start_step`` (see :class:`~mae_from_scratch.pretrain.ResumableSampler`).
+    at ``start_step`` (see :class:`~mae_from_scratch.data.ResumableSampler`).
     The learning rate is set before every optimizer step from ``lr_fn(epoch +
-    step / steps_per_epoch)``.  ``after_step`` is called after each optimizer step
+    step / steps_per_epoch)``.  Every step goes through ``scaler`` (by default
+    ``precision.grad_scaler(device)``: a real GradScaler for fp16, a disabled one,
+    which changes nothing, for fp32 and bf16), so there is one code path.  ``after_step`` is called after each optimizer step
     (logging, checkpoints).  Raises :class:`NonFiniteLossError` before stepping on
     a NaN/inf loss, so the last checkpoint written stays the last good one.
     """
     precision = precision or choose_precision("cpu", "fp32")
+    scaler = scaler if scaler is not None else precision.grad_scaler(device)
     meter = meter or EpochMeter()
     model.train()
     step = start_step
@@ -165,10 +171,7 @@ def train_one_epoch(
                 loss, _, _ = model(imgs, mask_ratio=mask_ratio, noise=noise)
             loss_value = loss.item()
             micro_losses.append(loss_value)
-            if scaler is not None:
-                scaler.scale(loss / accum_iter).backward()
-            else:
-                (loss / accum_iter).backward()
+            scaler.scale(loss / accum_iter).backward()
         images += imgs.shape[0]
         if not last_micro:
             continue
@@ -181,16 +184,11 @@ def train_one_epoch(
                 f"the loss is {step_loss} at epoch {epoch}, step {step} of {steps_per_epoch}; stopping "
                 "before the optimizer step so the weights stay finite"
             )
-        if scaler is not None:
-            if clip_grad is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            if clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
+        if clip_grad is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         meter.loss_sum += step_loss

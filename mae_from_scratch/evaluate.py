@@ -32,8 +32,6 @@ import argparse
 import json
 import math
 import sys
-import warnings
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,44 +40,21 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import data as D
-from .checkpoint import load_official_checkpoint, load_training_checkpoint, read_state_dict
-from .model import MODELS, MAEConfig, MaskedAutoencoderViT, create_model
+from .checkpoint import Encoder, load_encoder_checkpoint
+from .model import MODELS, MaskedAutoencoderViT, create_model
 from .precision import PRECISIONS, choose_precision
 
 MODES = ("knn", "linprobe", "finetune")
 POOLS = ("cls", "mean")
-# Keys of official *fine-tuned* checkpoints that are not part of the encoder.
-_HEAD_PREFIXES = ("head.", "fc_norm.")
 
 
 # ----------------------------------------------------------------------------------
-# Loading an encoder
-@dataclass
-class Encoder:
-    model: MaskedAutoencoderViT
-    mean: tuple
-    std: tuple
-    dataset: str | None  # the data set it was pretrained on, when known
-    data_path: str | None
-    source: str  # 'ours', 'official' or 'random'
-
-
-def infer_model_name(state: dict) -> str:
-    """The factory in :data:`MODELS` whose encoder has the checkpoint's width, depth and patch size."""
-    dim = state["cls_token"].shape[-1]
-    patch = state["patch_embed.proj.weight"].shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    for name, factory in MODELS.items():
-        with torch.device("meta"):  # shapes only, no memory
-            cfg = factory().config
-        if (cfg.embed_dim, cfg.patch_size, cfg.depth) == (dim, patch, depth):
-            return name
-    raise ValueError(f"no model in MODELS has width {dim}, patch {patch} and depth {depth}; pass --model")
-
-
+# The encoder to evaluate
 def load_encoder(checkpoint: str | None, model: str | None = None, input_size: int | None = None,
                  dataset: str | None = None, seed: int = 0) -> Encoder:
-    """Build the encoder to evaluate from a checkpoint path (ours or official) or ``'random'``.
+    """The encoder from a checkpoint path (ours or official, see
+    :func:`~mae_from_scratch.checkpoint.load_encoder_checkpoint`), or with
+    ``'random'`` (or no checkpoint) a randomly initialized ``model``: the baseline.
 
     ``input_size`` other than the pretraining one regenerates the sin-cos positions.
     """
@@ -89,32 +64,7 @@ def load_encoder(checkpoint: str | None, model: str | None = None, input_size: i
         m = create_model(name, **({"img_size": input_size} if input_size else {}))
         info = D.dataset_info(dataset or "photos")
         return Encoder(m, info.mean, info.std, dataset, None, "random")
-
-    try:
-        raw = load_training_checkpoint(checkpoint)  # ours and official: {'model': ...}
-    except ValueError:
-        raw = read_state_dict(str(checkpoint))  # a bare state dict
-    state = {k: v for k, v in read_state_dict(raw).items() if not k.startswith(_HEAD_PREFIXES)}
-    if "model_config" in raw:  # ours: the architecture and statistics travel with the weights
-        cfg = MAEConfig(**raw["model_config"])
-        if input_size:
-            cfg.img_size = input_size
-        m = MaskedAutoencoderViT.from_config(cfg)
-        ds = raw.get("dataset", {})
-        mean, std = tuple(ds.get("mean", D.IMAGENET_MEAN)), tuple(ds.get("std", D.IMAGENET_STD))
-        pre_dataset, data_path, source = ds.get("name"), raw.get("args", {}).get("data_path"), "ours"
-    else:  # official: ImageNet statistics, architecture from --model or the shapes
-        name = model or infer_model_name(state)
-        if not input_size:
-            with torch.device("meta"):  # only the configuration is needed
-                input_size = create_model(name).img_size
-        img = input_size
-        m = create_model(name, img_size=img)
-        mean, std, pre_dataset, data_path, source = D.IMAGENET_MEAN, D.IMAGENET_STD, None, None, "official"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="this is an encoder-only checkpoint")
-        load_official_checkpoint(m, {"model": state}, strict=True)
-    return Encoder(m, mean, std, pre_dataset, data_path, source)
+    return load_encoder_checkpoint(checkpoint, model, input_size)
 
 
 # ----------------------------------------------------------------------------------

@@ -23,17 +23,17 @@ def effective_lr(blr: float, batch_size: int, accum_iter: int = 1, world_size: i
     return blr * batch_size * accum_iter * world_size / 256
 
 
-def param_groups_weight_decay(model: nn.Module, weight_decay: float = 0.05, skip=()) -> list[dict]:
+def param_groups_weight_decay(model: nn.Module, weight_decay: float = 0.05) -> list[dict]:
     """Two AdamW groups: decayed weights, and undecayed 1-D parameters and biases.
 
     Parameters with ``requires_grad=False`` are left out (the fixed positional
-    tables).  Names in ``skip`` are also undecayed.
+    tables).
     """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip:
+        if p.ndim <= 1 or name.endswith(".bias"):
             no_decay.append(p)
         else:
             decay.append(p)
@@ -63,6 +63,6 @@ def lr_at(epoch: float, lr: float, min_lr: float, warmup_epochs: float, epochs: 
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's learning rate (a group may carry ``lr_scale``, e.g. layer decay)."""
+    """Set every group's learning rate to ``lr``."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = lr

@@ -38,7 +38,12 @@ class Precision:
         return torch.autocast(device_type=torch.device(device).type, dtype=self.dtype)
 
     def grad_scaler(self, device: torch.device) -> torch.amp.GradScaler:
-        """A GradScaler, enabled only for fp16 (a disabled one passes losses through)."""
+        """A GradScaler for ``device``, enabled only for fp16.
+
+        For fp32 and bf16 it is disabled: ``scale`` returns the loss as it is,
+        ``unscale_`` and ``update`` do nothing and ``step`` calls the optimizer's, so
+        training code always goes through a scaler and has a single path.
+        """
         return torch.amp.GradScaler(torch.device(device).type, enabled=self.use_scaler)
 
 

@@ -34,14 +34,14 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from . import data as D
-from .checkpoint import load_training_checkpoint, save_atomic
+from .checkpoint import load_training_checkpoint, save_atomic, training_checkpoint
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from .engine import EpochMeter, NonFiniteLossError, StepInfo, train_one_epoch
 from .metrics import MetricsWriter
@@ -127,39 +127,11 @@ def _parse(argv=None, **overrides) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------
-class ResumableSampler(DistributedSampler):
-    """:class:`DistributedSampler` whose items are ``(epoch, index)`` pairs and which
-    can start part-way into an epoch.
-
-    The order is DistributedSampler's (a permutation seeded by ``seed + epoch``,
-    rank ``r`` taking every ``world_size``-th index from ``r``).  Handing the epoch
-    to the data set with each index keeps per-sample randomness right in
-    persistent loader workers, which never see ``set_epoch``.
-    """
-
-    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.start = 0
-
-    def set_position(self, epoch: int, start: int = 0) -> None:
-        """Next iteration yields ``epoch``'s indices from the ``start``-th on (for this rank)."""
-        self.set_epoch(epoch)
-        self.start = start
-
-    def __iter__(self):
-        indices = list(super().__iter__())[self.start:]
-        return iter([(self.epoch, i) for i in indices])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
-
-
 @dataclass
 class PretrainResult:
     """What :func:`pretrain` returns."""
 
     model: torch.nn.Module  # the trained MaskedAutoencoderViT (unwrapped, on its device)
-    output_dir: Path | None
     log_path: Path | None  # log.txt (per epoch); log_steps.jsonl sits beside it
     checkpoint: Path | None  # the last checkpoint written
     epoch_log: list  # the per-epoch metrics of this process's run
@@ -190,7 +162,7 @@ def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory:
     base = D.subset(base, args.max_images, seed=args.seed)
     dataset = D.MAEPretrainDataset(base, D.pretrain_transform(args.input_size, info.mean, info.std),
                                    num_patches, seed=args.seed)
-    sampler = ResumableSampler(dataset, dist_info.world_size, dist_info.rank, seed=args.seed)
+    sampler = D.ResumableSampler(dataset, dist_info.world_size, dist_info.rank, seed=args.seed)
     loader = DataLoader(
         dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
         num_workers=args.num_workers, pin_memory=pin_memory, persistent_workers=args.num_workers > 0,
@@ -198,28 +170,6 @@ def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory:
         generator=torch.Generator().manual_seed(args.seed),
     )
     return dataset, sampler, loader, info
-
-
-def _checkpoint_state(model, optimizer, scaler, args, epoch, epoch_step, steps_per_epoch, meter, info):
-    """The checkpoint dict: official keys, then what exact resume needs.  weights_only-safe."""
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,  # the epoch this checkpoint is in (complete when epoch_step == steps_per_epoch)
-        "scaler": scaler.state_dict(),
-        "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
-        "step": epoch * steps_per_epoch + epoch_step,  # optimizer steps since the start
-        "epoch_step": epoch_step,  # optimizer steps done in `epoch` (the sampler position)
-        "steps_per_epoch": steps_per_epoch,
-        "epoch_meter": meter.state_dict(),
-        "rng": rng,
-        "model_config": asdict(model.config),
-        "dataset": {"name": info.name, "mean": list(info.mean), "std": list(info.std),
-                    "classes": list(info.classes) if info.classes else None},
-    }
 
 
 def pretrain(args: argparse.Namespace | None = None, argv: list[str] | None = None, **kwargs) -> PretrainResult:
@@ -330,7 +280,8 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device) -> PretrainResult
         nonlocal last_ckpt
         if out is None or not is_main:
             return
-        state = _checkpoint_state(model, optimizer, scaler, args, epoch, epoch_step, steps_per_epoch, meter, info)
+        state = training_checkpoint(model, optimizer, scaler, args, epoch=epoch, epoch_step=epoch_step,
+                                    steps_per_epoch=steps_per_epoch, epoch_meter=meter, dataset=info)
         save_atomic(state, out / name)
         last_ckpt = out / LAST_CHECKPOINT if name == LAST_CHECKPOINT else out / name
 
@@ -386,7 +337,7 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device) -> PretrainResult
     if is_main:
         msg = "stopped at --max_steps" if stopped else "done"
         print(f"{msg} in {time.perf_counter() - t_start:.1f} s", flush=True)
-    return PretrainResult(model=model, output_dir=out, log_path=writer.epoch_log, checkpoint=last_ckpt,
+    return PretrainResult(model=model, log_path=writer.epoch_log, checkpoint=last_ckpt,
                           epoch_log=epoch_log)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from _engine_helpers import cifar_tar_path, make_cifar_like_folder, make_image_folder, make_tar, write_unreadable_image
 from mae_from_scratch import data as D
-from mae_from_scratch.photos import OFFLINE_PHOTOS, PhotoCrops
+from mae_from_scratch.photos import PhotoCrops
 
 
 @pytest.fixture(autouse=True)
@@ -124,10 +124,34 @@ def test_pretrain_samples_depend_only_on_seed_epoch_index():
 
 def test_offline_photos_need_no_files():
     train = D.build_dataset("photos", "train", None, transform=D.eval_transform(32), num_photos=16)
-    img, label = train[0]
-    assert img.shape == (3, 32, 32) and 0 <= label < len(OFFLINE_PHOTOS)
+    crops = PhotoCrops(16, size=64, seed=0, split="train")
+    img, label = train[5]
+    assert img.shape == (3, 32, 32) and label == crops.targets[5]
+    assert torch.equal(img, D.eval_transform(32)(crops.images[5]))
     again = D.build_dataset("photos", "train", None, transform=D.eval_transform(32), num_photos=16)
     assert torch.equal(again[3][0], train[3][0])
+    test = D.build_dataset("photos", "test", None, num_photos=16)
+    assert len(test) == 4 and test.base.split == "test"  # the held-out strip, a quarter as many
+
+
+def test_resumable_sampler_yields_epoch_keys_and_resumes_mid_epoch():
+    ds = list(range(20))
+    whole = D.ResumableSampler(ds, seed=7)
+    whole.set_position(3)
+    keys = list(whole)
+    assert len(whole) == 20 and {e for e, _ in keys} == {3} and sorted(i for _, i in keys) == list(range(20))
+    resumed = D.ResumableSampler(ds, seed=7)
+    resumed.set_position(3, start=8)
+    assert list(resumed) == keys[8:] and len(resumed) == 12
+    other = D.ResumableSampler(ds, seed=7)
+    other.set_position(4)
+    assert [i for _, i in other] != [i for _, i in keys]  # a fresh shuffle every epoch
+    # two ranks split an epoch into disjoint halves that together are the one-process order
+    ranks = [D.ResumableSampler(ds, num_replicas=2, rank=r, seed=7) for r in (0, 1)]
+    for r in ranks:
+        r.set_position(3)
+    r0, r1 = ([i for _, i in r] for r in ranks)
+    assert len(r0) == len(r1) == 10 and [i for pair in zip(r0, r1) for i in pair] == [i for _, i in keys]
 
 
 @pytest.mark.skipif(not cifar_tar_path().is_file(),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from mae_from_scratch import pretrain as P
@@ -25,6 +26,7 @@ ARGS = ["--preset", "cpu_smoke", "--num_photos", "64", "--max_images", "64", "--
         "--warmup_epochs", "1", "--no_progress", "--num_workers", "0", "--save_every_steps", "0"]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_stay_in_sync_and_match_one_process(tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(_RANK_SCRIPT)
