@@ -45,22 +45,32 @@ def _chromium():
     return None
 
 
-def _chapters():
+def _toc_files():
+    """The files of the table of contents, in order (the root page not included)."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = []
 
     def walk(node):
         if isinstance(node, dict):
-            if str(node.get("file", "")).startswith("notebooks/"):
-                files.append(node["file"])
+            if "file" in node:
+                files.append(str(node["file"]))
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
             for v in node:
                 walk(v)
 
-    walk(toc)
+    walk(toc.get("parts", toc.get("chapters", [])))
     return files
+
+
+def _chapters():
+    return [f for f in _toc_files() if f.startswith("notebooks/")]
+
+
+def _pages():
+    """Every page of the book: the root page, the chapters and the other pages."""
+    return [yaml.safe_load((ROOT / "_toc.yml").read_text())["root"], *_toc_files()]
 
 
 def _run_chromium(*args, timeout=90):
@@ -70,25 +80,6 @@ def _run_chromium(*args, timeout=90):
         f"--user-data-dir={SCREENSHOTS.parent / '.chromium-profile'}", *args,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def _pages():
-    """Every page of the book: the chapters and the other files in the table of contents."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "file" in node:
-                files.append(node["file"])
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(toc.get("parts", toc.get("chapters", [])))
-    return files
 
 
 # Runs in the page once it has loaded: opens folded cells (the setup cell is folded), then
