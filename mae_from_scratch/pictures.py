@@ -148,3 +148,122 @@ def plot_metrics(log, keys=("loss",), x: str = "step", ax=None, logy: bool = Fal
     if title:
         ax.set_title(title)
     return ax
+
+
+def draw_architecture(img: torch.Tensor, mask: torch.Tensor, p: int, recon: torch.Tensor | None = None,
+                      fig=None):
+    """MAE's data flow on one real image, drawn left to right.
+
+    ``img`` ``(3, H, W)`` in ``[0, 1]``; ``mask`` ``(L,)`` or ``(1, L)``, 1 for a removed
+    patch (as :func:`~mae_from_scratch.masking.random_masking` returns it); ``p`` the patch
+    size.  The picture: the input with the removed patches greyed out -> the visible
+    patches, in token order -> the encoder -> one encoded token per visible patch -> the
+    decoder's input, the encoded tokens and a shared mask token for every removed patch,
+    unshuffled into their places on the patch grid -> the decoder -> the target (``img``)
+    or, when given, a reconstruction ``recon`` ``(3, H, W)``.
+
+    Returns the figure; its single axes holds every element, and its images are, in order:
+    the masked input, the visible patches, the target or reconstruction.
+    """
+    from matplotlib.patches import FancyBboxPatch, Rectangle
+
+    from .patching import patchify
+
+    if img.ndim != 3:
+        raise ValueError(f"img must be (3, H, W); got shape {tuple(img.shape)}")
+    h, w = img.shape[-2:]
+    if h != w or h % p:
+        raise ValueError(f"img must be square with a side divisible by p = {p}; got {h} x {w}")
+    g = h // p
+    mask = mask.reshape(-1).detach().cpu()
+    if mask.numel() != g * g:
+        raise ValueError(f"mask must have L = {g * g} entries, one per patch; got {mask.numel()}")
+    removed = mask.bool()
+    kept = (~removed).nonzero().flatten().tolist()
+    if not kept:
+        raise ValueError("the mask removes every patch; the encoder needs at least one")
+    img = img.detach().float().cpu()
+    patches = patchify(img[None], p)[0]  # (L, p*p*3)
+
+    enc_color, mask_color, box_color = "#4C72B0", "#C8C8C8", "#DCE6F2"
+    fig = fig or plt.figure(figsize=(12, 3.4))
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_axis_off()
+    side, mid = 3.0, 1.5  # the images are side x side; everything is centred on y = mid
+
+    def arrow(x0, x1, label=None):
+        ax.annotate("", xy=(x1, mid), xytext=(x0, mid),
+                    arrowprops=dict(arrowstyle="-|>", color="black", lw=1.2))
+        if label:
+            ax.text((x0 + x1) / 2, mid + 0.12, label, ha="center", va="bottom", fontsize=8)
+
+    def caption(x, text):
+        ax.text(x, -0.35, text, ha="center", va="top", fontsize=9)
+
+    def box(x, width, label):
+        ax.add_patch(FancyBboxPatch((x, mid - 1.4), width, 2.8, boxstyle="round,pad=0.02,rounding_size=0.15",
+                                    facecolor=box_color, edgecolor="black", lw=1.2))
+        ax.text(x + width / 2, mid, label, ha="center", va="center", rotation=90, fontsize=11)
+
+    # 1. the input, removed patches greyed out, with its patch grid
+    x = 0.0
+    ax.imshow(to_numpy_image(masked_image(img, mask, p)), extent=(x, x + side, 0, side))
+    for k in range(g + 1):
+        ax.plot([x, x + side], [k * side / g] * 2, color="white", lw=0.6)
+        ax.plot([x + k * side / g] * 2, [0, side], color="white", lw=0.6)
+    caption(x + side / 2, f"input: {len(kept)} of {g * g} patches\nvisible ({removed.float().mean():.0%} removed)")
+
+    # 2. the visible patches, in token order
+    n = len(kept)
+    tile = min(0.42, 3.3 / (1.15 * n))
+    x_t = x + side + 0.8
+    arrow(x + side + 0.1, x_t - 0.1)
+    top = mid + 1.15 * tile * n / 2
+    for j, i in enumerate(kept):
+        y = top - 1.15 * tile * (j + 1)
+        patch = patches[i].reshape(p, p, 3).numpy().clip(0, 1)
+        ax.imshow(patch, extent=(x_t, x_t + tile, y, y + tile))
+    caption(x_t + tile / 2, "visible\npatches")
+
+    # 3. the encoder, on the visible patches only
+    x_e = x_t + tile + 0.6
+    arrow(x_t + tile + 0.05, x_e - 0.05)
+    box(x_e, 0.8, "encoder")
+    caption(x_e + 0.4, "encoder\n(visible only)")
+
+    # 4. one encoded token per visible patch
+    x_c = x_e + 0.8 + 0.6
+    arrow(x_e + 0.85, x_c - 0.05)
+    for j in range(n):
+        y = top - 1.15 * tile * (j + 1)
+        ax.add_patch(Rectangle((x_c, y), tile, tile, facecolor=enc_color, edgecolor="black", lw=0.5))
+    caption(x_c + tile / 2, "encoded\ntokens")
+
+    # 5. the decoder's input: encoded tokens and mask tokens, back in their places
+    x_g = x_c + tile + 1.6
+    arrow(x_c + tile + 0.05, x_g - 0.1, "+ mask tokens,\nunshuffle")
+    cell = side / g
+    for i in range(g * g):
+        r, c = divmod(i, g)
+        color = mask_color if removed[i] else enc_color
+        ax.add_patch(Rectangle((x_g + c * cell, side - (r + 1) * cell), cell, cell,
+                               facecolor=color, edgecolor="white", lw=1.0))
+    caption(x_g + side / 2, "encoded tokens (blue) and\nmask tokens (grey), in place")
+
+    # 6. the decoder, on all tokens
+    x_d = x_g + side + 0.6
+    arrow(x_g + side + 0.05, x_d - 0.05)
+    box(x_d, 0.8, "decoder")
+    caption(x_d + 0.4, "decoder\n(all tokens)")
+
+    # 7. the target, or a reconstruction
+    x_o = x_d + 0.8 + 0.6
+    arrow(x_d + 0.85, x_o - 0.1)
+    out = img if recon is None else recon.detach().float().cpu()
+    ax.imshow(to_numpy_image(out), extent=(x_o, x_o + side, 0, side))
+    caption(x_o + side / 2, "target: loss on the\nremoved patches" if recon is None else "reconstruction")
+
+    ax.set_xlim(-0.1, x_o + side + 0.1)
+    ax.set_ylim(-1.05, side + 0.1)
+    ax.set_aspect("equal")
+    return fig

@@ -124,3 +124,66 @@ def test_show_reconstructions_labels_the_statistics(micro_config, norm_pix_loss,
             assert note in titles
     finally:
         plt.close(fig)
+
+
+def _architecture_inputs(g=4, p=8, seed=0):
+    from mae_from_scratch import random_masking
+
+    gen = torch.Generator().manual_seed(seed)
+    img = torch.rand(3, g * p, g * p, generator=gen)
+    _, mask, _ = random_masking(torch.zeros(1, g * g, 1), 0.75, torch.rand(1, g * g, generator=gen))
+    return img, mask, p
+
+
+def test_draw_architecture_shows_the_visible_patches_in_token_order():
+    from matplotlib.colors import to_hex
+    from matplotlib.patches import Rectangle
+
+    from mae_from_scratch.pictures import draw_architecture, masked_image, to_numpy_image
+
+    img, mask, p = _architecture_inputs()
+    fig = draw_architecture(img, mask, p)
+    try:
+        (ax,) = fig.axes
+        images = [im.get_array() for im in ax.images]
+        kept = (mask[0] == 0).nonzero().flatten().tolist()
+        assert len(kept) == 4 and len(images) == 1 + len(kept) + 1
+        assert (images[0] == to_numpy_image(masked_image(img, mask[0], p))).all()
+        real = patchify(img[None], p)[0]
+        for shown, i in zip(images[1:-1], kept):
+            assert (torch.from_numpy(shown.copy()) == real[i].reshape(p, p, 3)).all()
+        assert (images[-1] == to_numpy_image(img)).all()
+        # The decoder's input: one token per patch, grey exactly where a patch was removed.
+        squares = [r for r in ax.patches if isinstance(r, Rectangle)]
+        grey = [r for r in squares if to_hex(r.get_facecolor()) == "#c8c8c8"]
+        assert len(squares) == len(kept) + 16 and len(grey) == int(mask.sum())
+        text = " ".join(t.get_text() for t in ax.texts)
+        for word in ("encoder", "decoder", "mask tokens", "4 of 16 patches"):
+            assert word in text
+    finally:
+        plt.close(fig)
+
+
+def test_draw_architecture_can_show_a_reconstruction():
+    from mae_from_scratch.pictures import draw_architecture, to_numpy_image
+
+    img, mask, p = _architecture_inputs(seed=1)
+    recon = torch.zeros_like(img)
+    fig = draw_architecture(img, mask, p, recon=recon)
+    try:
+        assert (fig.axes[0].images[-1].get_array() == to_numpy_image(recon)).all()
+        assert "reconstruction" in " ".join(t.get_text() for t in fig.axes[0].texts)
+    finally:
+        plt.close(fig)
+
+
+def test_draw_architecture_rejects_a_mask_of_the_wrong_size():
+    from mae_from_scratch.pictures import draw_architecture
+
+    img, mask, p = _architecture_inputs()
+    with pytest.raises(ValueError, match="mask"):
+        draw_architecture(img, mask[:, :-1], p)
+    with pytest.raises(ValueError, match="divisible"):
+        draw_architecture(img, mask, 7)
+    with pytest.raises(ValueError, match="every patch"):
+        draw_architecture(img, torch.ones(16), p)
