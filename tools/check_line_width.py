@@ -60,8 +60,8 @@ def long_lines(path: Path, width: int = MAX_WIDTH) -> list[str]:
 
     def check(i: int, kind: str, text: str) -> None:
         # A carriage return redraws the line (progress bars): only what follows it stays.
-        for line in text.splitlines():
-            shown = _ANSI.sub("", line.rsplit("\r", 1)[-1]).rstrip()
+        for line in text.split("\n"):
+            shown = _ANSI.sub("", line.rstrip("\r").rsplit("\r", 1)[-1]).rstrip()
             if len(shown) > width:
                 found.append(f"{path.name} cell {i} ({kind}): {len(shown)}: {shown[:100]}")
 
