@@ -201,3 +201,27 @@ def train_one_epoch(
             after_step(StepInfo(epoch, step, epoch * steps_per_epoch + step, step_loss, lr, ips))
     bar.close()
     return meter
+
+
+# ==================================================================================
+# Compilation
+# ==================================================================================
+
+
+def compile_model(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """``torch.compile(model)`` when ``enabled``, otherwise ``model`` itself.
+
+    Compilation is meant for the GPU presets and is off on the CPU: the first
+    steps are slow while the graphs are compiled, which a short CPU run never
+    wins back.  The compiled module shares its parameters with ``model``, so keep
+    a handle on ``model`` and save ``model.state_dict()`` in checkpoints (the
+    compiled wrapper's keys carry an ``_orig_mod.`` prefix).  Prints nothing.
+
+    Raises ``ValueError`` when ``enabled`` on a torch without ``torch.compile``.
+    """
+    if not enabled:
+        return model
+    if not hasattr(torch, "compile"):
+        raise ValueError(f"compilation was asked for, but torch {torch.__version__} has no torch.compile "
+                         "(it needs torch >= 2.0); turn compilation off")
+    return torch.compile(model)

@@ -42,8 +42,9 @@ from torch.utils.data import DataLoader
 
 from . import data as D
 from .checkpoint import load_training_checkpoint, save_atomic, training_checkpoint
+from .device_data import DeviceBatchLoader, NotUniformError, decode_images, fits_on_device
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed
-from .engine import EpochMeter, NonFiniteLossError, StepInfo, train_one_epoch
+from .engine import EpochMeter, NonFiniteLossError, StepInfo, compile_model, train_one_epoch
 from .metrics import MetricsWriter
 from .model import MODELS, create_model
 from .optim import build_optimizer, effective_lr, lr_at
@@ -51,6 +52,9 @@ from .precision import PRECISIONS, choose_precision
 from .presets import PRESETS, describe, get_preset
 
 LAST_CHECKPOINT = "checkpoint-last.pth"
+LOADERS = ("auto", "device", "pil")
+# Data sets whose images all have one size, so they can be held as one tensor.
+UNIFORM_DATASETS = ("cifar10", "stl10", "photos")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -87,12 +91,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_images", default=None, type=int, help="train on a fixed random subset of this size")
     p.add_argument("--num_photos", default=4096, type=int, help="size of the offline photo-crop set")
     p.add_argument("--num_workers", default=2, type=int)
+    p.add_argument("--loader", default="auto", choices=LOADERS,
+                   help="device: decode the images once, hold them on the training device and augment "
+                        "whole batches there (bilinear crops); pil: decode and crop every image with PIL "
+                        "in loader workers (bicubic, the official path); auto: device for cifar10, stl10 "
+                        "and photos when they fit (a quarter of the device's memory), else pil")
     p.add_argument("--pin_mem", action="store_true", default=None, help="pin loader memory (default: on CUDA)")
     p.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
 
     # Run
     p.add_argument("--output_dir", default="./output_dir", help="checkpoints and logs ('' to save nothing)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the model with torch.compile (GPU presets; the first steps wait for it)")
+    p.add_argument("--no_compile", action="store_false", dest="compile")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: bf16 on compute capability >= 8, fp16 + GradScaler on older GPUs, fp32 on CPU")
     p.add_argument("--seed", default=0, type=int)
@@ -153,13 +165,51 @@ def resolve_dataset(args) -> str:
     return args.dataset if args.dataset != "auto" else ("imagefolder" if args.data_path else "photos")
 
 
-def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory: bool):
-    """The pretraining data set (items ``(image, noise)``), its sampler and loader."""
+def choose_loader(requested: str, dataset: str) -> str:
+    """``'device'`` or ``'pil'``: ``auto`` holds the data sets whose images all have one size
+    on the device (whether they fit is checked once they are decoded)."""
+    if requested not in LOADERS:
+        raise ValueError(f"--loader must be one of {LOADERS}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "device" if dataset in UNIFORM_DATASETS else "pil"
+
+
+def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory: bool,
+                        device: torch.device | str = "cpu"):
+    """The pretraining data set, its sampler and loader (batches ``(imgs, noise)``).
+
+    With the device loader the data set is a :class:`~mae_from_scratch.device_data.DeviceImages`
+    and the loader a :class:`~mae_from_scratch.device_data.DeviceBatchLoader`; with the PIL
+    loader, a :class:`~mae_from_scratch.data.MAEPretrainDataset` and a ``DataLoader``.
+    ``args.loader`` is set to the loader used.
+    """
     name = resolve_dataset(args)
     info = D.dataset_info(name)
     base = D.build_dataset(name, "train", args.data_path, transform=None, num_photos=args.num_photos,
                            photo_size=max(64, args.input_size))
     base = D.subset(base, args.max_images, seed=args.seed)
+    kind = choose_loader(getattr(args, "loader", "auto"), name)
+    if kind == "device":
+        try:
+            images = decode_images(base, num_workers=args.num_workers, progress=dist_info.is_main)
+        except NotUniformError:
+            if args.loader == "device":
+                raise
+            images = None  # auto: images of several sizes stay on the PIL path
+        if images is not None and not fits_on_device(images.nbytes, device):
+            if args.loader == "device":
+                raise ValueError(f"--loader device: the {len(images)} images take {images.nbytes / 2**30:.1f} GiB, "
+                                 f"more than a quarter of {device}'s memory; use --loader pil")
+            images = None
+        if images is not None:
+            images = images.to(device)
+            sampler = D.ResumableSampler(images, dist_info.world_size, dist_info.rank, seed=args.seed)
+            loader = DeviceBatchLoader(images, sampler, args.batch_size, args.input_size, info.mean, info.std,
+                                       num_patches, seed=args.seed)
+            args.loader = "device"
+            return images, sampler, loader, info
+    args.loader = "pil"
     dataset = D.MAEPretrainDataset(base, D.pretrain_transform(args.input_size, info.mean, info.std),
                                    num_patches, seed=args.seed)
     sampler = D.ResumableSampler(dataset, dist_info.world_size, dist_info.rank, seed=args.seed)
@@ -203,7 +253,7 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device) -> PretrainResult
     num_patches = model.patch_embed.num_patches
 
     pin = args.pin_mem if args.pin_mem is not None else device.type == "cuda"
-    dataset, sampler, loader, info = build_pretrain_data(args, num_patches, dist_info, pin)
+    dataset, sampler, loader, info = build_pretrain_data(args, num_patches, dist_info, pin, device)
     args.dataset = info.name
     args.mean, args.std = list(info.mean), list(info.std)
 
@@ -265,10 +315,13 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device) -> PretrainResult
     if dist_info.enabled:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Compiled after the DDP wrap; checkpoints keep saving `model`, which shares the parameters.
+    ddp_model = compile_model(ddp_model, args.compile)
 
     if is_main:
         print(f"model {args.model} ({sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M "
-              f"trainable), data {info.name}: {len(dataset)} images at {args.input_size} px, "
+              f"trainable), data {info.name}: {len(dataset)} images at {args.input_size} px "
+              f"({args.loader} loader), "
               f"{steps_per_epoch} steps/epoch", flush=True)
         print(f"effective batch {eff_batch} ({args.batch_size} x {args.accum_iter} accum x "
               f"{dist_info.world_size} processes), lr {args.lr:.3g}, precision {precision.name} on {device}",

@@ -112,11 +112,28 @@ def _steps(out):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted run (2 epochs x 8 steps) to compare against."""
-    out = tmp_path_factory.mktemp("reference")
-    result = P.pretrain(output_dir=str(out), num_workers=0, **TINY)
-    return out, result
+def references(tmp_path_factory):
+    """Uninterrupted runs (2 epochs x 8 steps) to compare against, one per loader."""
+    made = {}
+
+    def get(loader: str):
+        if loader not in made:
+            out = tmp_path_factory.mktemp(f"reference-{loader}")
+            made[loader] = out, P.pretrain(output_dir=str(out), num_workers=0, loader=loader, **TINY)
+        return made[loader]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def reference(references):
+    return references("device")
+
+
+def test_the_photos_default_to_the_device_loader(reference):
+    out, _ = reference
+    assert load_training_checkpoint(out / "checkpoint-last.pth")["args"]["loader"] == "device"
+    assert P.choose_loader("auto", "imagefolder") == "pil" and P.choose_loader("pil", "cifar10") == "pil"
 
 
 def test_run_writes_official_checkpoint_and_logs(reference):
@@ -134,10 +151,12 @@ def test_run_writes_official_checkpoint_and_logs(reference):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("num_workers, accum_iter, stop_at", [(0, 1, 5), (2, 2, 11)])
-def test_stopped_and_resumed_run_ends_with_identical_weights(tmp_path, reference, num_workers, accum_iter, stop_at):
-    ref_out, _ = reference
-    kw = dict(TINY, num_workers=num_workers)
+@pytest.mark.parametrize("loader, num_workers, accum_iter, stop_at",
+                         [("device", 0, 1, 5), ("device", 0, 2, 11), ("pil", 0, 1, 5), ("pil", 2, 2, 11)])
+def test_stopped_and_resumed_run_ends_with_identical_weights(tmp_path, references, loader, num_workers,
+                                                             accum_iter, stop_at):
+    ref_out, _ = references(loader)
+    kw = dict(TINY, num_workers=num_workers, loader=loader)
     if accum_iter > 1:  # same effective batch as the reference, as two half batches
         kw.update(batch_size=4, accum_iter=2, blr=TINY.get("blr", 1e-2) * 2)
         ref_out = tmp_path / "ref_accum"
@@ -180,31 +199,31 @@ _KILLER = textwrap.dedent("""
 """)
 
 
-def _cli_args(out, num_workers):
+def _cli_args(out, num_workers, loader):
     a = TINY
     return ["--preset", a["preset"], "--num_photos", str(a["num_photos"]), "--max_images", str(a["max_images"]),
             "--batch_size", str(a["batch_size"]), "--epochs", str(a["epochs"]),
             "--warmup_epochs", str(a["warmup_epochs"]), "--save_every_steps", str(a["save_every_steps"]),
             "--save_freq", str(a["save_freq"]), "--no_progress", "--num_workers", str(num_workers),
-            "--output_dir", str(out), "--auto_resume"]
+            "--output_dir", str(out), "--auto_resume", "--loader", loader]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where, k, num_workers", [("step", 11, 2), ("save", 3, 0)])
-def test_sigkilled_run_resumes_exactly(tmp_path, reference, where, k, num_workers):
-    ref_out, _ = reference
+@pytest.mark.parametrize("where, k, num_workers, loader", [("step", 11, 2, "pil"), ("save", 3, 0, "device")])
+def test_sigkilled_run_resumes_exactly(tmp_path, references, where, k, num_workers, loader):
+    ref_out, _ = references(loader)
     out = tmp_path / "run"
     script = tmp_path / "killer.py"
     script.write_text(_KILLER)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, str(script), where, str(k), *_cli_args(out, num_workers)],
+    killed = subprocess.run([sys.executable, str(script), where, str(k), *_cli_args(out, num_workers, loader)],
                             capture_output=True, text=True, env=env, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     ck = load_training_checkpoint(out / "checkpoint-last.pth")  # the last complete checkpoint
     # step: killed after step 11, last saved at step 9 (epoch 1); save: killed while writing
     # the end-of-epoch checkpoint at step 8, last saved at step 6 (epoch 0)
     assert (ck["step"], ck["epoch"]) == ((9, 1) if where == "step" else (6, 0))
-    resumed = subprocess.run([sys.executable, "-m", "mae_from_scratch.pretrain", *_cli_args(out, num_workers)],
+    resumed = subprocess.run([sys.executable, "-m", "mae_from_scratch.pretrain", *_cli_args(out, num_workers, loader)],
                              capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
@@ -270,3 +289,21 @@ def test_cli_smoke_preset_on_the_offline_photos(tmp_path):
 def test_cli_smoke_preset_on_the_cifar10_archive(tmp_path):
     ck = _cli_smoke(tmp_path, "--dataset", "cifar10", "--data_path", str(cifar_tar_path()))
     assert ck["args"]["dataset"] == "cifar10" and ck["dataset"]["mean"] == [0.4914, 0.4822, 0.4465]
+
+
+@pytest.mark.slow
+def test_a_compiled_run_saves_the_plain_models_weights(tmp_path):
+    """--compile trains through torch.compile; the checkpoint still loads into an uncompiled model."""
+    out = tmp_path / "compiled"
+    P.pretrain(output_dir=str(out), num_workers=0, compile=True, max_steps=2, **TINY)
+    ck = load_training_checkpoint(out / "checkpoint-last.pth")
+    assert ck["args"]["compile"] is True and ck["step"] == 2
+    model = mae_vit_micro_patch4_32(norm_pix_loss=True)
+    model.load_state_dict(ck["model"])  # strict: no "_orig_mod." prefixes
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_gpu_presets_compile_and_cpu_presets_do_not():
+    from mae_from_scratch.presets import PRESETS
+
+    assert {n for n, p in PRESETS.items() if p.args.get("compile")} == {"gpu_cifar10", "gpu_imagenet_base"}

@@ -1,0 +1,375 @@
+"""Measuring speed: loader and training-step throughput, model FLOPs utilisation.
+
+Three questions come up when a run is slower than hoped, and each has a function:
+
+* Can the data loader keep up?  :func:`loader_images_per_s` times batches
+  coming out of any iterable of ``(imgs, noise)`` pairs, moved to the device.
+* How fast is a training step?  :func:`train_step_images_per_s` times full
+  steps (forward under the precision's autocast, backward, AdamW step) on
+  random inputs, and reports the model FLOPs utilisation (MFU): the share of
+  the GPU's peak FLOP rate that the model's own arithmetic uses.
+* Is our model slower than a reference?  :func:`compare_with_hf` times our
+  model and Hugging Face's ``ViTMAEForPreTraining`` with the same
+  configuration, alternately in one process, and reports the ratio.
+
+Step times are medians over the timed steps (after warm-up), so one slow
+spell of a shared machine does not move the result.  On a GPU every timing
+is bracketed by ``torch.cuda.synchronize()``: kernels run asynchronously, and
+without it a timer measures only how fast they were queued.
+
+From a notebook::
+
+    from mae_from_scratch.model import create_model
+    from mae_from_scratch.timing import train_step_images_per_s
+    train_step_images_per_s(create_model("mae_vit_tiny_patch4_32"), 256, "cuda")
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Callable, Iterable
+
+import torch
+
+from .engine import compile_model
+from .flops import encoder_decoder_flops
+from .model import MaskedAutoencoderViT
+from .precision import Precision, choose_precision
+
+__all__ = [
+    "PEAK_TFLOPS",
+    "compare_with_hf",
+    "gpu_peak_tflops",
+    "hf_model",
+    "loader_images_per_s",
+    "train_step_images_per_s",
+    "training_flops",
+]
+
+# Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendor's data sheets,
+# in TFLOP/s, matched against torch.cuda.get_device_name() in this order.
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,  # SXM
+    "A100": 312.0,
+    "L4": 121.0,
+    "T4": 65.0,
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gpu_peak_tflops(device) -> float | None:
+    """The dense bf16/fp16 peak of ``device`` in TFLOP/s, or None when unknown.
+
+    None on a CPU and on GPUs missing from :data:`PEAK_TFLOPS` (pass your
+    GPU's figure as ``peak_tflops=`` to the timing functions instead).  It is
+    the low-precision peak: an fp32 run measured against it shows a low MFU,
+    which is the point (fp32 leaves most of the tensor cores idle).
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_TFLOPS.items():
+        # a whole word: "L4" is not the L40S
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", name):
+            return value
+    return None
+
+
+# ----------------------------------------------------------------------------------
+# The data loader
+def _passes(loader: Iterable) -> Iterable:
+    """Batches of ``loader``, starting a new pass when one ends (a new epoch); a
+    one-shot iterator (a generator) ends when it is exhausted."""
+    one_shot = isinstance(loader, Iterator)  # asked without calling iter(), which may start workers
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty or one_shot:
+            return
+
+
+def loader_images_per_s(loader: Iterable, device="cpu", batches: int = 20, warmup: int = 2) -> float:
+    """Images per second that ``loader`` delivers onto ``device``.
+
+    ``loader`` is any iterable of ``(imgs, noise)`` pairs (a ``DataLoader`` over
+    :class:`~mae_from_scratch.data.MAEPretrainDataset`, a batched on-device
+    loader, a generator).  Each batch is moved to ``device`` as training does
+    (``non_blocking=True``); the first ``warmup`` batches (worker start-up,
+    first-touch costs) are not timed, then ``batches`` batches are, and the
+    clock stops after a final synchronization on CUDA.  When the loader ends
+    early (a new pass is started if it can be iterated again) the rate is over
+    the batches that were timed.  Nothing else runs, so this is the loader's
+    ceiling: training is at most this fast.
+    """
+    device = torch.device(device)
+    if batches < 1 or warmup < 0:
+        raise ValueError(f"need batches >= 1 and warmup >= 0, got batches={batches}, warmup={warmup}")
+    it = _passes(loader)
+
+    def take() -> int | None:
+        try:
+            imgs, noise = next(it)
+        except StopIteration:
+            return None
+        imgs.to(device, non_blocking=True)
+        noise.to(device, non_blocking=True)
+        return imgs.shape[0]
+
+    try:
+        for _ in range(warmup):
+            if take() is None:
+                raise ValueError(f"the loader ended during the {warmup} warm-up batches")
+        _sync(device)
+        images, timed = 0, 0
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            n = take()
+            if n is None:
+                break
+            images += n
+            timed += 1
+        _sync(device)
+        dt = time.perf_counter() - t0
+    finally:
+        it.close()  # let go of the loader's iterator (and its worker processes)
+    if timed == 0:
+        raise ValueError("the loader yielded no batch after the warm-up")
+    return images / max(dt, 1e-9)
+
+
+# ----------------------------------------------------------------------------------
+# FLOPs
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under ``torch.compile`` and ``DistributedDataParallel`` wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None:
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def training_flops(model: MaskedAutoencoderViT, batch_size: int = 1, mask_ratio: float = 0.75) -> int:
+    """FLOPs of one training step of ``model`` on ``batch_size`` images.
+
+    Counted as 3 x the forward pass: :func:`~mae_from_scratch.flops.encoder_decoder_flops`
+    of a copy of the model built on the ``meta`` device (no memory, no
+    arithmetic) at ``mask_ratio``, and the backward pass taken as twice the
+    forward (a gradient with respect to the inputs and one with respect to the
+    weights for every matrix product).  Like the counter, it counts matrix
+    products, convolutions and attention, not element-wise work, the loss or
+    the optimizer: the usual convention for MFU.
+    """
+    model = _unwrap(model)
+    with torch.device("meta"):
+        meta = MaskedAutoencoderViT(model.config)
+    return 3 * encoder_decoder_flops(meta, mask_ratio=mask_ratio, batch_size=batch_size).total
+
+
+def _mfu(flops_per_step: int, seconds_per_step: float, peak: float | None) -> float | None:
+    if peak is None:
+        return None
+    return flops_per_step / seconds_per_step / (peak * 1e12)
+
+
+# ----------------------------------------------------------------------------------
+# Training steps
+def _as_precision(device: torch.device, precision) -> Precision:
+    return precision if isinstance(precision, Precision) else choose_precision(device, precision)
+
+
+def _make_step(model: torch.nn.Module, forward: Callable, device: torch.device, precision: Precision):
+    """One training step of ``model`` as a function ``(imgs, noise) -> seconds``.
+
+    The same AdamW (``betas=(0.9, 0.95)``, weight decay 0.05 on every trainable
+    tensor) for any model, so two models are timed on the same footing; fp16
+    goes through a GradScaler, as in training.
+    """
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95),
+                            weight_decay=0.05)
+    scaler = precision.grad_scaler(device)
+    model.train()
+
+    def step(imgs: torch.Tensor, noise: torch.Tensor) -> float:
+        _sync(device)
+        t = time.perf_counter()
+        with precision.autocast(device):
+            loss = forward(imgs, noise)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        return time.perf_counter() - t
+
+    return step
+
+
+def _alternate(steps_fns: list[Callable], imgs, noise, steps: int, warmup: int) -> list[list[float]]:
+    """Run the step functions in turn, ``warmup + steps`` rounds, swapping the order
+    every round so none always runs first (on a warm or a cold cache); returns the
+    timed seconds of each."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    times: list[list[float]] = [[] for _ in steps_fns]
+    order = list(range(len(steps_fns)))
+    for i in range(warmup + steps):
+        for k in (order if i % 2 == 0 else order[::-1]):
+            dt = steps_fns[k](imgs, noise)
+            if i >= warmup:
+                times[k].append(dt)
+    return times
+
+
+def _random_batch(model: MaskedAutoencoderViT, batch_size: int, device: torch.device):
+    g = torch.Generator().manual_seed(0)
+    s, L = model.img_size, model.patch_embed.num_patches
+    imgs = torch.randn(batch_size, model.in_chans, s, s, generator=g).to(device)
+    noise = torch.rand(batch_size, L, generator=g).to(device)
+    return imgs, noise
+
+
+def _report(times: list[float], batch_size: int, flops: int, peak: float | None, precision: Precision,
+            compiled: bool) -> dict:
+    sec = statistics.median(times)
+    return {
+        "images_per_s": batch_size / sec,
+        "ms_per_step": sec * 1e3,
+        "batch_size": batch_size,
+        "steps": len(times),
+        "precision": precision.name,
+        "compiled": compiled,
+        "flops_per_step": flops,
+        "achieved_tflops": flops / sec / 1e12,
+        "peak_tflops": peak,
+        "mfu": _mfu(flops, sec, peak),
+    }
+
+
+def train_step_images_per_s(
+    model: MaskedAutoencoderViT,
+    batch_size: int,
+    device="cpu",
+    precision="auto",
+    steps: int = 10,
+    warmup: int = 3,
+    mask_ratio: float = 0.75,
+    compile: bool = False,
+    peak_tflops: float | None = None,
+) -> dict:
+    """Time full training steps of ``model`` on random inputs.
+
+    A step is what :func:`~mae_from_scratch.engine.train_one_epoch` does per
+    batch: the forward pass under ``precision``'s autocast (``'auto'``: bf16 on
+    recent GPUs, fp16 with a GradScaler on older ones, fp32 on the CPU; see
+    :mod:`~mae_from_scratch.precision`), the backward pass, an AdamW step.
+    ``model`` is moved to ``device`` and trained in place on noise, so pass a
+    copy if its weights matter.  With ``compile=True`` it is wrapped by
+    :func:`~mae_from_scratch.engine.compile_model` (raise ``warmup``: the first
+    steps compile).
+
+    Returns a dict: ``images_per_s`` and ``ms_per_step`` (from the median
+    step), ``flops_per_step`` (:func:`training_flops`: 3 x the forward FLOPs at
+    ``mask_ratio``), ``achieved_tflops``, ``peak_tflops`` (given, or
+    :func:`gpu_peak_tflops`) and ``mfu`` = achieved / peak (None when
+    the peak is unknown, as on a CPU), plus ``batch_size``, ``steps``,
+    ``precision`` and ``compiled``.
+    """
+    device = torch.device(device)
+    prec = _as_precision(device, precision)
+    model = _unwrap(model).to(device)
+    run = compile_model(model, compile)
+    step = _make_step(model, lambda x, n: run(x, mask_ratio, n)[0], device, prec)
+    imgs, noise = _random_batch(model, batch_size, device)
+    (times,) = _alternate([step], imgs, noise, steps, warmup)
+    peak = peak_tflops if peak_tflops is not None else gpu_peak_tflops(device)
+    return _report(times, batch_size, training_flops(model, batch_size, mask_ratio), peak, prec, compile)
+
+
+# ----------------------------------------------------------------------------------
+# Hugging Face's ViTMAE, the reference
+def hf_model(config, norm_pix_loss: bool | None = None, mask_ratio: float = 0.75):
+    """``transformers.ViTMAEForPreTraining`` with the architecture of our ``config``
+    (a :class:`~mae_from_scratch.model.MAEConfig`), SDPA attention, no dropout.
+
+    ``transformers`` is only a development dependency; without it this raises
+    an ImportError that says how to install it.
+    """
+    try:
+        from transformers import ViTMAEConfig, ViTMAEForPreTraining
+    except ImportError as e:
+        raise ImportError("timing Hugging Face's ViTMAE needs the transformers package: "
+                          "pip install transformers") from e
+    if norm_pix_loss is None:
+        norm_pix_loss = config.norm_pix_loss
+    hf = ViTMAEConfig(
+        image_size=config.img_size, patch_size=config.patch_size, num_channels=config.in_chans,
+        hidden_size=config.embed_dim, num_hidden_layers=config.depth, num_attention_heads=config.num_heads,
+        intermediate_size=int(config.embed_dim * config.mlp_ratio), hidden_act="gelu",
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=config.norm_eps,
+        qkv_bias=True, decoder_hidden_size=config.decoder_embed_dim,
+        decoder_num_hidden_layers=config.decoder_depth, decoder_num_attention_heads=config.decoder_num_heads,
+        decoder_intermediate_size=int(config.decoder_embed_dim * config.mlp_ratio),
+        mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
+    )
+    return ViTMAEForPreTraining._from_config(hf, attn_implementation="sdpa")
+
+
+def _trainable(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters() if p.requires_grad)
+
+
+def compare_with_hf(
+    model: MaskedAutoencoderViT,
+    batch_size: int,
+    device="cpu",
+    precision="auto",
+    steps: int = 10,
+    warmup: int = 3,
+    mask_ratio: float = 0.75,
+    compile: bool = False,
+    peak_tflops: float | None = None,
+) -> dict:
+    """Time training steps of ``model`` and of :func:`hf_model` with its configuration.
+
+    Same inputs and mask noise, same precision, same optimizer, same thread
+    count, SDPA attention on both sides, both compiled or neither.  The two
+    are stepped alternately in one process (the order swapped every round), so
+    a slow spell of the machine hits both.  ``model`` is trained in place.
+
+    Returns ``{"ours": ..., "hf": ..., "speed_ratio": ..., "params": ...}``:
+    the first two are :func:`train_step_images_per_s`'s dicts (the FLOP count
+    is the same for both: the architecture is), ``speed_ratio`` is HF's median
+    step time over ours (above 1: ours is faster) and ``params`` the
+    trainable parameter count, checked equal.
+    """
+    device = torch.device(device)
+    prec = _as_precision(device, precision)
+    ours = _unwrap(model).to(device)
+    theirs = hf_model(ours.config, mask_ratio=mask_ratio).to(device)
+    if _trainable(ours) != _trainable(theirs):
+        raise RuntimeError(f"parameter counts differ: ours {_trainable(ours)}, HF {_trainable(theirs)}")
+    run_ours, run_theirs = compile_model(ours, compile), compile_model(theirs, compile)
+    step_ours = _make_step(ours, lambda x, n: run_ours(x, mask_ratio, n)[0], device, prec)
+    step_theirs = _make_step(theirs, lambda x, n: run_theirs(pixel_values=x, noise=n).loss, device, prec)
+    imgs, noise = _random_batch(ours, batch_size, device)
+    t_ours, t_theirs = _alternate([step_ours, step_theirs], imgs, noise, steps, warmup)
+    peak = peak_tflops if peak_tflops is not None else gpu_peak_tflops(device)
+    flops = training_flops(ours, batch_size, mask_ratio)
+    r_ours = _report(t_ours, batch_size, flops, peak, prec, compile)
+    r_theirs = _report(t_theirs, batch_size, flops, peak, prec, compile)
+    return {"ours": r_ours, "hf": r_theirs, "speed_ratio": r_theirs["ms_per_step"] / r_ours["ms_per_step"],
+            "params": _trainable(ours)}
