@@ -45,6 +45,7 @@ __all__ = [
     "counter_uniform",
     "crop_boxes",
     "decode_images",
+    "first_image_nbytes",
     "fits_on_device",
     "mask_noise",
     "resized_crops",
@@ -241,7 +242,7 @@ def decode_images(ds, num_workers: int = 0, progress: bool = False) -> DeviceIma
             elif tuple(img.shape) != shape:
                 raise NotUniformError(
                     f"image {done} is {tuple(img.shape)} but image 0 is {shape}: images of different "
-                    "sizes cannot be held as one tensor; use --loader pil")
+                    "sizes cannot be held as one tensor")
             images[done] = img
             labels.append(label)
             done += 1
@@ -259,6 +260,15 @@ class _Decoded(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return _to_uint8_chw(self.ds[i])
+
+
+def first_image_nbytes(ds) -> int:
+    """The bytes of one image of ``ds`` as uint8, from its first item: with ``len(ds)``, an
+    estimate of the whole data set's size before anything else is decoded."""
+    raw = _raw_arrays(ds)
+    if raw is not None:
+        return raw[0][0].numel()
+    return _to_uint8_chw(ds[0])[0].numel()
 
 
 def fits_on_device(nbytes: int, device) -> bool:

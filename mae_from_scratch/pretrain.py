@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 from . import data as D
 from .checkpoint import load_training_checkpoint, save_atomic, training_checkpoint
-from .device_data import DeviceBatchLoader, NotUniformError, decode_images, fits_on_device
+from .device_data import DeviceBatchLoader, NotUniformError, decode_images, first_image_nbytes, fits_on_device
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from .engine import EpochMeter, NonFiniteLossError, StepInfo, compile_model, train_one_epoch
 from .metrics import MetricsWriter
@@ -53,8 +53,6 @@ from .presets import PRESETS, describe, get_preset
 
 LAST_CHECKPOINT = "checkpoint-last.pth"
 LOADERS = ("auto", "device", "pil")
-# Data sets whose images all have one size, so they can be held as one tensor.
-UNIFORM_DATASETS = ("cifar10", "stl10", "photos")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -94,8 +92,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader", default="auto", choices=LOADERS,
                    help="device: decode the images once, hold them on the training device and augment "
                         "whole batches there (bilinear crops); pil: decode and crop every image with PIL "
-                        "in loader workers (bicubic, the official path); auto: device for cifar10, stl10 "
-                        "and photos when they fit (a quarter of the device's memory), else pil")
+                        "in loader workers (bicubic, the official path); auto: device when the images all "
+                        "have one size and fit in a quarter of the device's memory, else pil")
     p.add_argument("--pin_mem", action="store_true", default=None, help="pin loader memory (default: on CUDA)")
     p.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
 
@@ -165,14 +163,25 @@ def resolve_dataset(args) -> str:
     return args.dataset if args.dataset != "auto" else ("imagefolder" if args.data_path else "photos")
 
 
-def choose_loader(requested: str, dataset: str) -> str:
-    """``'device'`` or ``'pil'``: ``auto`` holds the data sets whose images all have one size
-    on the device (whether they fit is checked once they are decoded)."""
-    if requested not in LOADERS:
-        raise ValueError(f"--loader must be one of {LOADERS}, got {requested!r}")
-    if requested != "auto":
-        return requested
-    return "device" if dataset in UNIFORM_DATASETS else "pil"
+def _images_on_device(base, args, device, dist_info: DistInfo, required: bool):
+    """``base`` decoded once and moved to ``device``, or ``None`` when its images cannot be
+    held there (they differ in size, or would take more than a quarter of the device's
+    memory).  With ``required`` (``--loader device``) that is an error instead."""
+
+    def refuse(why: str):
+        if required:
+            raise ValueError(f"--loader device: {why}; use --loader pil")
+        return None
+
+    estimate = first_image_nbytes(base) * len(base)  # before decoding everything
+    if not fits_on_device(estimate, device):
+        return refuse(f"the {len(base)} images would take about {estimate / 2**30:.1f} GiB, "
+                      f"more than a quarter of the memory of {device}")
+    try:
+        images = decode_images(base, num_workers=args.num_workers, progress=dist_info.is_main)
+    except NotUniformError as e:
+        return refuse(str(e))
+    return images.to(device)
 
 
 def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory: bool,
@@ -189,21 +198,12 @@ def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory:
     base = D.build_dataset(name, "train", args.data_path, transform=None, num_photos=args.num_photos,
                            photo_size=max(64, args.input_size))
     base = D.subset(base, args.max_images, seed=args.seed)
-    kind = choose_loader(getattr(args, "loader", "auto"), name)
-    if kind == "device":
-        try:
-            images = decode_images(base, num_workers=args.num_workers, progress=dist_info.is_main)
-        except NotUniformError:
-            if args.loader == "device":
-                raise
-            images = None  # auto: images of several sizes stay on the PIL path
-        if images is not None and not fits_on_device(images.nbytes, device):
-            if args.loader == "device":
-                raise ValueError(f"--loader device: the {len(images)} images take {images.nbytes / 2**30:.1f} GiB, "
-                                 f"more than a quarter of {device}'s memory; use --loader pil")
-            images = None
+    requested = getattr(args, "loader", "auto")
+    if requested not in LOADERS:
+        raise ValueError(f"--loader must be one of {LOADERS}, got {requested!r}")
+    if requested != "pil":
+        images = _images_on_device(base, args, device, dist_info, required=requested == "device")
         if images is not None:
-            images = images.to(device)
             sampler = D.ResumableSampler(images, dist_info.world_size, dist_info.rank, seed=args.seed)
             loader = DeviceBatchLoader(images, sampler, args.batch_size, args.input_size, info.mean, info.std,
                                        num_patches, seed=args.seed)

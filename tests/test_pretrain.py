@@ -13,10 +13,13 @@ import textwrap
 import pytest
 import torch
 
-from _engine_helpers import cifar_tar_path
+from _engine_helpers import cifar_tar_path, make_image_folder
+from PIL import Image
 
 from mae_from_scratch import pretrain as P
 from mae_from_scratch.checkpoint import load_training_checkpoint
+from mae_from_scratch.device_data import DeviceBatchLoader
+from mae_from_scratch.distributed import DistInfo
 from mae_from_scratch.engine import NonFiniteLossError
 from mae_from_scratch.metrics import read_epoch_log, read_step_log
 from mae_from_scratch.model import mae_vit_micro_patch4_32
@@ -133,7 +136,37 @@ def reference(references):
 def test_the_photos_default_to_the_device_loader(reference):
     out, _ = reference
     assert load_training_checkpoint(out / "checkpoint-last.pth")["args"]["loader"] == "device"
-    assert P.choose_loader("auto", "imagefolder") == "pil" and P.choose_loader("pil", "cifar10") == "pil"
+
+
+def _loader_for(tmp_path, root, loader):
+    args = P._parse(["--preset", "cpu_smoke", "--data_path", str(root), "--loader", loader,
+                     "--batch_size", "4", "--output_dir", ""])
+    args.input_size = 32
+    _, _, built, _ = P.build_pretrain_data(args, 64, DistInfo(), pin_memory=False)
+    return args.loader, built
+
+
+def test_auto_loader_holds_a_uniform_image_folder_and_leaves_mixed_sizes_to_pil(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAE_DATA_CACHE", str(tmp_path / "cache"))
+    uniform = make_image_folder(tmp_path / "uniform", per_class=4, size=32)
+    kind, built = _loader_for(tmp_path, uniform, "auto")
+    assert kind == "device" and isinstance(built, DeviceBatchLoader)
+    mixed = make_image_folder(tmp_path / "mixed", per_class=4, size=32)
+    first = sorted((mixed / "train" / "b").iterdir())[0]
+    Image.open(first).resize((40, 32)).save(first)
+    assert _loader_for(tmp_path, mixed, "auto")[0] == "pil"
+    assert _loader_for(tmp_path, mixed, "pil")[0] == "pil"
+    with pytest.raises(ValueError, match=r"--loader device: image \d+ is \(3, 32, 40\).*--loader pil"):
+        _loader_for(tmp_path, mixed, "device")
+
+
+def test_device_loader_refuses_data_too_large_for_the_device(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAE_DATA_CACHE", str(tmp_path / "cache"))
+    root = make_image_folder(tmp_path / "r", per_class=4, size=32)
+    monkeypatch.setattr(P, "fits_on_device", lambda nbytes, device: False)
+    assert _loader_for(tmp_path, root, "auto")[0] == "pil"
+    with pytest.raises(ValueError, match="more than a quarter of the memory of cpu"):
+        _loader_for(tmp_path, root, "device")
 
 
 def test_run_writes_official_checkpoint_and_logs(reference):
