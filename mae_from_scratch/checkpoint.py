@@ -19,8 +19,10 @@
 
 from __future__ import annotations
 
+import ast
 import math
 import os
+import pickle
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -41,6 +43,77 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's keys or shapes do not fit the model."""
 
 
+class CheckpointReadError(ValueError):
+    """A checkpoint file cannot be read: empty, truncated, not a checkpoint, or not
+    loadable with ``weights_only=True``.  The message names the path."""
+
+
+class WeightsOnlyCheckpointError(ValueError):
+    """A file that holds model weights only (an official release, say) was given where
+    a training checkpoint, with the optimizer's state, is needed (``--resume``)."""
+
+
+class NonFiniteWeightsError(ValueError):
+    """A checkpoint holds NaN or infinite weights (the run that wrote it diverged)."""
+
+
+def _torch_error_summary(e: BaseException) -> str:
+    """The first sentence of a :func:`torch.load` error, without its advice.
+
+    torch suggests ``weights_only=False`` for files it will not unpickle safely;
+    that runs arbitrary code from the file and is never passed on.
+    """
+    text = str(e).strip()
+    if isinstance(e, (KeyError, UnicodeDecodeError)) or "load key" in text or "Unsupported operand" in text:
+        return "the file is not a PyTorch checkpoint"
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text:
+        return ("it is not a plain tensor checkpoint: it holds pickled Python objects, "
+                "which cannot be read safely (only tensors, numbers, strings, lists and dicts are accepted)")
+    if isinstance(e, EOFError) or not text:
+        return "the file ends too early (truncated or empty)"
+    if "central directory" in text or "zip archive" in text:
+        return "the file is truncated or corrupted (not a complete PyTorch zip archive)"
+    first = text.splitlines()[0].split(". ")[0]
+    return f"{type(e).__name__}: {first}"
+
+
+def read_checkpoint_file(path, weights_only: bool = True):
+    """``torch.load(path)`` on the CPU, with one clear error naming the path.
+
+    Raises :class:`FileNotFoundError` for a missing file and
+    :class:`CheckpointReadError` for one that is empty, truncated, not a
+    checkpoint, or (with ``weights_only``) holds pickled Python objects.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointReadError(f"checkpoint {path} is a folder, not a file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        if os.path.getsize(path) == 0:
+            raise CheckpointReadError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
+        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except CheckpointReadError:
+        raise
+    except OSError as e:
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    except Exception as e:  # torch raises many types for a bad file
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {_torch_error_summary(e)}") from None
+    return obj
+
+
+def check_finite_weights(state: dict, where: str = "the checkpoint") -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the tensors with NaN or inf values."""
+    bad = [k for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteWeightsError(
+            f"{where} holds NaN or infinite weights in {len(bad)} tensor(s) ({shown}): the run that wrote it "
+            "diverged; use an earlier checkpoint"
+        )
+
+
 @dataclass
 class LoadReport:
     missing_keys: list[str] = field(default_factory=list)
@@ -56,15 +129,15 @@ def _is_decoder_key(k: str) -> bool:
 
 def read_state_dict(checkpoint, weights_only: bool = True) -> dict[str, torch.Tensor]:
     """Accept a path, a ``{'model': state_dict}`` dict or a plain state dict."""
+    where = "the checkpoint"
     if isinstance(checkpoint, (str, os.PathLike)):
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=weights_only)
+        where = f"checkpoint {os.fspath(checkpoint)}"
+        checkpoint = read_checkpoint_file(checkpoint, weights_only=weights_only)
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"a checkpoint must be a dict, got {type(checkpoint).__name__}")
+        raise ValueError(f"{where} must hold a dict, got {type(checkpoint).__name__}")
     state = checkpoint.get("model", checkpoint)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError("the checkpoint holds no state dict (expected {'model': {name: tensor}})")
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{where} holds no state dict (expected {{'model': {{name: tensor}}}})")
     return state
 
 
@@ -93,6 +166,9 @@ def load_official_checkpoint(model: nn.Module, checkpoint, strict: bool = True, 
             encoder-only checkpoint loads its encoder with a warning that the
             decoder is missing (it keeps its fresh initialization).
         weights_only: passed to :func:`torch.load`.
+
+    A path that is missing raises :class:`FileNotFoundError`; one that is empty,
+    truncated or not a checkpoint raises :class:`CheckpointReadError` naming it.
 
     Positional-embedding tables whose grid differs from the model's are checked to be
     sin-cos tables and then replaced by the model's own table for its grid.
@@ -217,16 +293,24 @@ def save_atomic(obj, path) -> None:
 
 
 def load_training_checkpoint(path) -> dict:
-    """Read a checkpoint written by :func:`save_atomic` (``weights_only=True``, on the CPU)."""
+    """Read a checkpoint written by :func:`save_atomic` (``weights_only=True``, on the CPU).
+
+    Raises :class:`FileNotFoundError`, :class:`CheckpointReadError` (empty,
+    truncated, garbage or pickled-object files), :class:`WeightsOnlyCheckpointError`
+    for a file of model weights only (an official release: it cannot be resumed;
+    start from it with :func:`load_official_checkpoint`), or :class:`ValueError`
+    for any other dict without a ``'model'`` entry.  Every message names the path.
+    """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    ckpt = read_checkpoint_file(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{path} is not a training checkpoint (no 'model' entry)")
+    if "optimizer" not in ckpt and "epoch" not in ckpt:
+        raise WeightsOnlyCheckpointError(
+            f"{path} holds model weights only (no optimizer state or epoch), so a run cannot resume from it; "
+            "to start from these weights, load them with load_official_checkpoint(model, path) "
+            "and train a new run"
+        )
     return ckpt
 
 
@@ -264,6 +348,22 @@ def infer_model_name(state: dict) -> str:
     raise ValueError(f"no model in MODELS has width {dim}, patch {patch} and depth {depth}; pass --model")
 
 
+def _check_input_size(input_size, patch_size: int, path: str) -> None:
+    if input_size is not None and input_size % patch_size:
+        raise ValueError(
+            f"input_size {input_size} is not divisible by the patch size {patch_size} of the model in {path}; "
+            f"use a multiple of {patch_size}"
+        )
+
+
+def _infer_model_name(state: dict, path: str) -> str:
+    needed = ("cls_token", "patch_embed.proj.weight")
+    if any(k not in state for k in needed) or not any(k.startswith("blocks.") for k in state):
+        raise ValueError(f"checkpoint {path} does not hold an MAE encoder (no {needed[0]}, "
+                         f"{needed[1]} or blocks.* weights)")
+    return infer_model_name(state)
+
+
 def load_encoder_checkpoint(checkpoint, model: str | None = None, input_size: int | None = None) -> Encoder:
     """Build the model stored in ``checkpoint`` (a path) and load its encoder.
 
@@ -277,25 +377,65 @@ def load_encoder_checkpoint(checkpoint, model: str | None = None, input_size: in
     An encoder-only file loads without the warning that its decoder is missing.
     ``input_size`` other than the stored one regenerates the sin-cos positions.
     """
+    path = os.fspath(checkpoint)
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
+                                   or input_size < 1):
+        raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+    raw = read_checkpoint_file(path)  # ours and official: {'model': ...}; or a bare state dict
+    if not isinstance(raw, dict):
+        raise ValueError(f"checkpoint {path} must hold a dict, got {type(raw).__name__}")
+    state = read_state_dict(raw)
     try:
-        raw = load_training_checkpoint(checkpoint)  # ours and official: {'model': ...}
-    except ValueError:
-        raw = read_state_dict(os.fspath(checkpoint))  # a bare state dict
-    state = {k: v for k, v in read_state_dict(raw).items() if not k.startswith(_HEAD_PREFIXES)}
+        state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
+        check_finite_weights(state, f"checkpoint {path}")
+    except AttributeError:  # non-string keys
+        raise ValueError(f"checkpoint {path} holds no state dict (its keys are not parameter names)") from None
     if "model_config" in raw:
-        overrides = {"img_size": input_size} if input_size else {}
-        m = MaskedAutoencoderViT(MAEConfig(**raw["model_config"]), **overrides)
+        cfg = MAEConfig(**raw["model_config"])
+        _check_input_size(input_size, cfg.patch_size, path)
+        overrides = {"img_size": input_size} if input_size is not None else {}
+        m = MaskedAutoencoderViT(cfg, **overrides)
         ds = raw.get("dataset", {})
         mean, std = tuple(ds.get("mean", IMAGENET_MEAN)), tuple(ds.get("std", IMAGENET_STD))
         pre_dataset, data_path, source = ds.get("name"), raw.get("args", {}).get("data_path"), "ours"
     else:
-        name = model or infer_model_name(state)
-        if not input_size:
-            with torch.device("meta"):  # only the configuration is needed
-                input_size = create_model(name).img_size
+        if model:
+            _infer_model_name(state, path)  # only its check that this is an MAE encoder
+        name = model or _infer_model_name(state, path)
+        with torch.device("meta"):  # only the configuration is needed
+            meta_cfg = create_model(name).config
+        if input_size is None:
+            input_size = meta_cfg.img_size
+        _check_input_size(input_size, meta_cfg.patch_size, path)
         m = create_model(name, img_size=input_size)
         mean, std, pre_dataset, data_path, source = IMAGENET_MEAN, IMAGENET_STD, None, None, "official"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="this is an encoder-only checkpoint")
-        load_official_checkpoint(m, {"model": state}, strict=True)
+        try:
+            load_official_checkpoint(m, {"model": state}, strict=True)
+        except CheckpointMismatchError as e:
+            raise CheckpointMismatchError(f"checkpoint {path} does not fit the model {_describe(m)}: "
+                                          f"{_summary(e)}") from None
     return Encoder(m, mean, std, pre_dataset, data_path, source)
+
+
+def _describe(m: MaskedAutoencoderViT) -> str:
+    c = m.config
+    return f"(width {c.embed_dim}, depth {c.depth}, patch {c.patch_size}, image {c.img_size})"
+
+
+def _summary(e: Exception, keep: int = 3) -> str:
+    """A :class:`CheckpointMismatchError` on one line, long key lists cut to their first items."""
+    parts = []
+    for line in str(e).splitlines()[1:] or [str(e)]:
+        line = line.strip()
+        head, sep, rest = line.partition(": [")
+        if sep:
+            try:
+                items = [str(x) for x in ast.literal_eval("[" + rest)]
+            except (ValueError, SyntaxError):
+                items = [x.strip() for x in rest.rstrip("]").split(", ")]
+            more = f" and {len(items) - keep} more" if len(items) > keep else ""
+            line = f"{head}: {', '.join(items[:keep])}{more}"
+        parts.append(line)
+    return "; ".join(parts)

@@ -58,6 +58,7 @@ STL10_CLASSES = (
 )
 
 DATASETS = ("photos", "cifar10", "stl10", "imagefolder")
+SPLIT_FOLDERS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -250,7 +251,9 @@ def archive_root(path) -> Path:
     has exactly one (``cifar10/`` in cifar10-jpeg.tar.gz), else the extraction folder."""
     dest = extract_archive(path)
     top = [p for p in dest.iterdir() if not p.name.startswith(".")]
-    return top[0] if len(top) == 1 and top[0].is_dir() else dest
+    if len(top) == 1 and top[0].is_dir() and top[0].name not in SPLIT_FOLDERS:
+        return top[0]
+    return dest  # the split folders themselves are at the top (or there are several folders)
 
 
 # ----------------------------------------------------------------------------------
@@ -263,7 +266,9 @@ def _pil_loader(path: str):
             img = Image.open(f)
             return img.convert("RGB")
     except Exception as e:  # PIL raises several types; the file name is what matters
-        raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+        err = DataError(f"cannot read image {path}: {type(e).__name__}: {e}")
+        err.path, err.why = path, f"{type(e).__name__}: {e}"
+        raise err from e
 
 
 class ClassFolder(ImageFolder):
@@ -312,8 +317,10 @@ def image_folder(root, classes=None) -> ClassFolder:
         ) from e
 
 
-def _split_dir(root: Path, split: str) -> Path:
-    """ROOT/train for training; ROOT/val, else ROOT/test, for evaluation (as the official code)."""
+def _split_dir(root: Path, split: str, source=None) -> Path:
+    """ROOT/train for training; ROOT/val, else ROOT/test, for evaluation (as the official code).
+
+    ``source`` names where ``root`` came from (an archive) in the error message."""
     if split == "train":
         names = ["train"]
     else:
@@ -321,9 +328,14 @@ def _split_dir(root: Path, split: str) -> Path:
     for n in names:
         if (root / n).is_dir():
             return root / n
+    where = f"the archive {source} (extracted to {root})" if source is not None else str(root)
+    has = sorted(p.name + "/" for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if root.is_dir() else []
+    role = "training" if split == "train" else "evaluation"
     raise DataError(
-        f"{root} has no {' or '.join(names)} folder; expected the layout "
-        f"{root}/train/<class>/<image> and {root}/val/<class>/<image> (or test/)"
+        f"{where} has no {' or '.join(names)} folder for the {role} split "
+        f"(it holds {', '.join(has) if has else 'no folders'}); expected the layout "
+        f"ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (or test/)"
     )
 
 
@@ -373,7 +385,8 @@ def build_dataset(name: str, split: str, data_path=None, transform=None, num_pho
 
         root = None if data_path is None else _resolve_root(data_path)
         if root is not None and (root / "train").is_dir():
-            return _Transformed(image_folder(_split_dir(root, split), info.classes), transform)
+            source = data_path if is_archive(data_path) and Path(data_path).is_file() else None
+            return _Transformed(image_folder(_split_dir(root, split, source), info.classes), transform)
         download_root = root if root is not None else data_cache_dir() / name
         try:
             if name == "cifar10":
@@ -396,7 +409,8 @@ def build_dataset(name: str, split: str, data_path=None, transform=None, num_pho
         if data_path is None:
             raise DataError("--dataset imagefolder needs --data_path ROOT (with ROOT/train/<class>/<image>)")
         root = _resolve_root(data_path)
-        return _Transformed(image_folder(_split_dir(root, split)), transform)
+        source = data_path if is_archive(data_path) and Path(data_path).is_file() else None
+        return _Transformed(image_folder(_split_dir(root, split, source)), transform)
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 
@@ -422,3 +436,80 @@ def subset(ds, n: int | None, seed: int = 0):
         return ds
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     return torch.utils.data.Subset(ds, idx)
+
+
+# ----------------------------------------------------------------------------------
+# Every image file checked once, before training
+def image_files(ds) -> list[str] | None:
+    """The file paths behind the items of ``ds`` (a :class:`ClassFolder`, possibly inside
+    :class:`_Transformed` and ``Subset``), in item order; ``None`` for in-memory data sets."""
+    indices = None
+    while True:
+        if isinstance(ds, torch.utils.data.Subset):
+            idx = list(ds.indices)
+            indices = idx if indices is None else [idx[i] for i in indices]
+            ds = ds.dataset
+        elif isinstance(ds, _Transformed):
+            ds = ds.base
+        else:
+            break
+    samples = getattr(ds, "samples", None)
+    if not isinstance(ds, ImageFolder) or samples is None:
+        return None
+    paths = [p for p, _ in samples]
+    return paths if indices is None else [paths[i] for i in indices]
+
+
+def check_image(path: str) -> str | None:
+    """Why the image file ``path`` cannot be read, or ``None`` if it decodes.  JPEGs are
+    decoded at a reduced scale (every byte is still read), which is several times faster."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (max(img.width // 8, 1), max(img.height // 8, 1)))
+            img.load()
+    except Exception as e:  # PIL raises several types; the file name is what matters
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+class _ImageCheck(torch.utils.data.Dataset):
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return self.paths[i], check_image(self.paths[i])
+
+
+def _collate_list(items):
+    return items
+
+
+def bad_images_error(bad: list[tuple[str, str]]) -> DataError:
+    """One error naming every unreadable image file (``(path, why)`` pairs)."""
+    listed = "; ".join(f"{p} ({why})" for p, why in bad)
+    return DataError(f"{len(bad)} image file{'s' if len(bad) > 1 else ''} cannot be read: {listed}. "
+                     "Remove or replace them, then run again")
+
+
+def verify_images(ds, num_workers: int = 0, progress: bool = False) -> None:
+    """Decode every image file of ``ds`` once and raise :class:`DataError` naming all the
+    unreadable ones together, so a broken file stops the run before its first step
+    rather than when its batch comes up.  In-memory data sets need no check."""
+    paths = image_files(ds)
+    if not paths:
+        return
+    from tqdm import tqdm
+
+    loader = torch.utils.data.DataLoader(_ImageCheck(paths), batch_size=64, num_workers=num_workers,
+                                         collate_fn=_collate_list)
+    bad = []
+    for batch in tqdm(loader, desc="checking images", disable=not progress, ascii=True):
+        bad.extend((p, why) for p, why in batch if why is not None)
+    if bad:
+        raise bad_images_error(bad)

@@ -223,7 +223,9 @@ def _raw_arrays(ds):
 def decode_images(ds, num_workers: int = 0, progress: bool = False) -> DeviceImages:
     """Decode every image of ``ds`` (items ``(PIL image, label)``) once, on the CPU.
 
-    Raises :class:`NotUniformError` naming the first image whose size differs.
+    Raises :class:`NotUniformError` naming the first image whose size differs, and
+    :class:`~mae_from_scratch.data.DataError` naming every image that cannot be read
+    (all of them, after trying every image).
     """
     raw = _raw_arrays(ds)
     if raw is not None:
@@ -234,8 +236,14 @@ def decode_images(ds, num_workers: int = 0, progress: bool = False) -> DeviceIma
         _Decoded(ds), batch_size=256, num_workers=num_workers, collate_fn=_collate)
     images, labels, shape = None, [], None
     done = 0
+    bad = []
     for batch in tqdm(loader, desc="decoding images once", disable=not progress, ascii=True):
         for img, label in batch:
+            if isinstance(img, _Unreadable):
+                bad.append((img.path, img.why))
+                continue
+            if bad:
+                continue  # only the unreadable files are still of interest
             if shape is None:
                 shape = tuple(img.shape)
                 images = torch.empty((len(ds), *shape), dtype=torch.uint8)
@@ -246,6 +254,10 @@ def decode_images(ds, num_workers: int = 0, progress: bool = False) -> DeviceIma
             images[done] = img
             labels.append(label)
             done += 1
+    if bad:
+        from .data import bad_images_error
+
+        raise bad_images_error(bad)
     if images is None:
         raise ValueError("the data set is empty")
     return DeviceImages(images, torch.tensor(labels, dtype=torch.long))
@@ -259,16 +271,36 @@ class _Decoded(torch.utils.data.Dataset):
         return len(self.ds)
 
     def __getitem__(self, i):
-        return _to_uint8_chw(self.ds[i])
+        from .data import DataError
+
+        try:
+            return _to_uint8_chw(self.ds[i])
+        except DataError as e:  # collected, so that every unreadable file is reported at once
+            path = getattr(e, "path", None) or str(e)
+            return _Unreadable(path, str(e) if getattr(e, "path", None) is None else e.why), -1
+
+
+class _Unreadable:
+    """An image that could not be decoded: its path and why (picklable for workers)."""
+
+    def __init__(self, path: str, why: str):
+        self.path, self.why = path, why
 
 
 def first_image_nbytes(ds) -> int:
     """The bytes of one image of ``ds`` as uint8, from its first item: with ``len(ds)``, an
     estimate of the whole data set's size before anything else is decoded."""
+    from .data import DataError
+
     raw = _raw_arrays(ds)
     if raw is not None:
         return raw[0][0].numel()
-    return _to_uint8_chw(ds[0])[0].numel()
+    for i in range(min(len(ds), 64)):  # the first readable one; decode_images names the others
+        try:
+            return _to_uint8_chw(ds[i])[0].numel()
+        except DataError:
+            continue
+    return 0
 
 
 def fits_on_device(nbytes: int, device) -> bool:

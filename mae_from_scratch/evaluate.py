@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 
 import torch
@@ -58,10 +59,18 @@ def load_encoder(checkpoint: str | None, model: str | None = None, input_size: i
 
     ``input_size`` other than the pretraining one regenerates the sin-cos positions.
     """
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
+                                   or input_size < 1):
+        raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
     if checkpoint in (None, "", "random"):
         name = model or "mae_vit_tiny_patch4_32"
+        with torch.device("meta"):  # only the configuration is needed
+            patch = create_model(name).patch_size
+        if input_size is not None and input_size % patch:
+            raise ValueError(f"input_size {input_size} is not divisible by the patch size {patch} of {name}; "
+                             f"use a multiple of {patch}")
         torch.manual_seed(seed)
-        m = create_model(name, **({"img_size": input_size} if input_size else {}))
+        m = create_model(name, **({"img_size": input_size} if input_size is not None else {}))
         info = D.dataset_info(dataset or "photos")
         return Encoder(m, info.mean, info.std, dataset, None, "random")
     return load_encoder_checkpoint(checkpoint, model, input_size)
@@ -265,8 +274,115 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_device(name: str) -> None:
+    """Raise :class:`ValueError` (one line) unless ``name`` is a device this machine has."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device name; use cpu, or cuda (cuda:N for GPU N)") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"numbered from 0; use --device cuda:0")
+        return
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"--device {name}: the Apple MPS backend is not available here; use --device cpu")
+        return
+    raise ValueError(f"--device {name}: device type {dev.type!r} is not supported; use cpu or cuda")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse out-of-range flags before any checkpoint or data is read.
+
+    Every problem is a :class:`ValueError` with one line naming the flag, the value
+    and the allowed range.  Unset flags (``None``) take their documented defaults.
+    """
+    def at_least(name, v, low):
+        if v is not None and v < low:
+            raise ValueError(f"--{name} must be at least {low}, got {v}")
+
+    def positive(name, v):
+        if v is not None and not (_finite(v) and v > 0):
+            raise ValueError(f"--{name} must be a finite number above 0, got {v}")
+
+    if args.checkpoint is not None and not str(args.checkpoint).strip():
+        raise ValueError("--checkpoint is empty; give a checkpoint file, or 'random' for a random encoder")
+    if args.data_path is not None and not str(args.data_path).strip():
+        raise ValueError("--data_path is empty; give an ImageFolder ROOT, an archive or a torchvision root, "
+                         "or leave the flag out to use the checkpoint's")
+    at_least("k", args.k, 1)
+    positive("temperature", args.temperature)
+    at_least("epochs", args.epochs, 1)
+    positive("blr", args.blr)
+    if args.weight_decay is not None and not (_finite(args.weight_decay) and args.weight_decay >= 0):
+        raise ValueError(f"--weight_decay must be a finite number of at least 0, got {args.weight_decay}")
+    if args.crop_pct is not None and not (_finite(args.crop_pct) and 0 < args.crop_pct <= 1):
+        raise ValueError(f"--crop_pct must be in (0, 1] (the centre crop's share of the resized image), "
+                         f"got {args.crop_pct}")
+    at_least("batch_size", args.batch_size, 1)
+    at_least("num_workers", args.num_workers, 0)
+    at_least("max_train", args.max_train, 1)
+    at_least("max_test", args.max_test, 1)
+    at_least("input_size", args.input_size, 1)
+    check_device(args.device)
+
+
+def align_test_classes(train_ds, test_ds):
+    """Label the test split with the train split's class -> index map (in place).
+
+    A test split that lacks a class keeps the train split's labels for the
+    classes it has; a test class folder the train split lacks is refused
+    (:class:`~mae_from_scratch.data.DataError` naming the folders).  Returns the
+    train classes that have no test folder.
+    """
+    train_classes = getattr(train_ds, "classes", None)
+    test_classes = getattr(test_ds, "classes", None)
+    if not train_classes or not test_classes or list(train_classes) == list(test_classes):
+        return []
+    base = getattr(test_ds, "base", test_ds)
+    where = getattr(base, "root", "the test split")
+    extra = [c for c in test_classes if c not in train_classes]
+    if extra:
+        raise D.DataError(
+            f"{where} has class folders the train split lacks: {extra}; labels follow the train split's "
+            f"classes {list(train_classes)}, so remove or rename these folders"
+        )
+    if not hasattr(base, "samples"):
+        raise D.DataError(f"the test split's classes {list(test_classes)} differ from the train split's "
+                          f"{list(train_classes)} and this data set cannot be relabelled")
+    index = {c: i for i, c in enumerate(train_classes)}
+    old = list(base.classes)
+    base.samples = [(path, index[old[t]]) for path, t in base.samples]
+    base.imgs = base.samples
+    base.targets = [t for _, t in base.samples]
+    base.classes, base.class_to_idx = list(train_classes), dict(index)
+    test_ds.classes = base.classes
+    return [c for c in train_classes if c not in old]
+
+
+def _check_features(feats: torch.Tensor, split: str) -> None:
+    if not torch.isfinite(feats).all():
+        raise ValueError(f"the encoder's features on the {split} split are not finite (NaN or inf), so no "
+                         "accuracy can be computed; the checkpoint's weights overflow on these images")
+
+
 def evaluate(args: argparse.Namespace) -> dict:
-    """Run one evaluation from parsed ``args``; returns the result dict the CLI prints."""
+    """Run one evaluation from parsed ``args``; returns the result dict the CLI prints.
+
+    Flags are checked first (:func:`check_args`), then the checkpoint (non-finite
+    weights are refused), then the class folders, before any image is decoded.
+    """
+    check_args(args)
     enc = load_encoder(args.checkpoint, args.model, args.input_size,
                        dataset=None if args.dataset == "auto" else args.dataset, seed=args.seed)
     dataset = args.dataset
@@ -278,59 +394,83 @@ def evaluate(args: argparse.Namespace) -> dict:
         enc.mean, enc.std = info.mean, info.std
     model = enc.model.to(args.device)
     size = model.img_size
-    crop_pct = args.crop_pct or (0.875 if dataset == "imagefolder" and size >= 128 else 1.0)
+    crop_pct = args.crop_pct if args.crop_pct is not None else (
+        0.875 if dataset == "imagefolder" and size >= 128 else 1.0)
     t_eval = D.eval_transform(size, enc.mean, enc.std, crop_pct)
     precision = choose_precision(args.device, args.precision)
     progress = not args.no_progress
     pin = torch.device(args.device).type == "cuda"
 
-    def loader(split, transform, shuffle=False, limit=None):
-        ds = D.subset(D.build_dataset(dataset, split, data_path, transform=transform), limit, seed=args.seed)
+    def loader(raw, shuffle=False, limit=None):
+        ds = D.subset(raw, limit, seed=args.seed)
         return ds, DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle, num_workers=args.num_workers,
                               pin_memory=pin, drop_last=shuffle and len(ds) > args.batch_size,
                               generator=torch.Generator().manual_seed(args.seed))
 
-    train_ds, train_loader = loader("train", t_eval, limit=args.max_train)
-    test_ds, test_loader = loader("test", t_eval, limit=args.max_test)
-    classes = getattr(getattr(train_ds, "dataset", train_ds), "classes", None)
+    train_raw = D.build_dataset(dataset, "train", data_path, transform=t_eval)
+    classes = getattr(train_raw, "classes", None)
+    test_raw = D.build_dataset(dataset, "test", data_path, transform=t_eval)
+    missing = align_test_classes(train_raw, test_raw)
+    train_ds, train_loader = loader(train_raw, limit=args.max_train)
+    test_ds, test_loader = loader(test_raw, limit=args.max_test)
     result = {"mode": args.mode, "checkpoint": str(args.checkpoint), "source": enc.source, "dataset": dataset,
               "pool": args.pool, "input_size": size, "train_images": len(train_ds), "test_images": len(test_ds)}
+    if missing:
+        result["classes_without_test_images"] = missing
 
     if args.mode in ("knn", "linprobe"):
         ftr, ytr = extract_features(model, train_loader, args.pool, args.device, precision, progress, "train")
+        _check_features(ftr, "train")
         fte, yte = extract_features(model, test_loader, args.pool, args.device, precision, progress, "test")
+        _check_features(fte, "test")
         num_classes = len(classes) if classes else int(max(ytr.max(), yte.max())) + 1
         if args.mode == "knn":
             acc = knn_accuracy(ftr, ytr, fte, yte, args.k, args.temperature, num_classes)
             result.update(k=args.k, temperature=args.temperature)
         else:
-            epochs, blr = args.epochs or 90, args.blr or 0.1
+            epochs = 90 if args.epochs is None else args.epochs
+            blr = 0.1 if args.blr is None else args.blr
             acc = linear_probe(ftr, ytr, fte, yte, num_classes, epochs=epochs, blr=blr,
-                               weight_decay=args.weight_decay or 0.0, seed=args.seed, device=args.device)
+                               weight_decay=0.0 if args.weight_decay is None else args.weight_decay,
+                               seed=args.seed, device=args.device)
             result.update(epochs=epochs, blr=blr)
     else:
         t_train = D.pretrain_transform(size, enc.mean, enc.std)
-        train_ds, train_loader = loader("train", t_train, shuffle=True, limit=args.max_train)
+        train_aug = D.build_dataset(dataset, "train", data_path, transform=t_train)
+        train_ds, train_loader = loader(train_aug, shuffle=True, limit=args.max_train)
         num_classes = len(classes) if classes else None
         if num_classes is None:
             raise ValueError("cannot tell the number of classes of this data set")
-        epochs, blr = args.epochs or 10, args.blr or 1e-3
+        epochs = 10 if args.epochs is None else args.epochs
+        blr = 1e-3 if args.blr is None else args.blr
         acc = finetune(model, train_loader, test_loader, num_classes, epochs=epochs, blr=blr,
                        weight_decay=0.05 if args.weight_decay is None else args.weight_decay, pool=args.pool,
                        device=args.device, precision=precision, seed=args.seed, progress=progress)
         result.update(epochs=epochs, blr=blr)
+    if not _finite(acc):
+        raise ValueError(f"the {args.mode} accuracy is {acc}, not a number; the training diverged "
+                         "(try a smaller --blr)")
     result["accuracy"] = acc
     return result
+
+
+def _one_line(e: BaseException) -> str:
+    """An error's message on one line, without advice to unpickle the file."""
+    msg = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+    if re.search(r"weights_only.{0,30}False", msg):
+        msg = "the checkpoint is not a plain tensor checkpoint and cannot be read safely"
+    return msg
 
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         result = evaluate(args)
-    except (D.DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        line = json.dumps(result, allow_nan=False)
+    except (D.DataError, OSError, ValueError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
         return 1
-    print(json.dumps(result), flush=True)
+    print(line, flush=True)
     return 0
 
 

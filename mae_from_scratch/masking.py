@@ -10,14 +10,20 @@ tokens back in order later (``ids_restore``).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
     """How many of ``num_patches`` patches stay visible: ``int(L * (1 - mask_ratio))``."""
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, numbers.Real):
+        raise TypeError(
+            f"mask_ratio must be a number in [0, 1) such as 0.75, got {type(mask_ratio).__name__} "
+            f"{mask_ratio!r}"
+        )
+    if not 0.0 <= mask_ratio < 1.0:  # also refuses NaN
+        raise ValueError(f"mask_ratio must be in [0, 1), e.g. 0.75; got {mask_ratio}")
     len_keep = int(num_patches * (1 - mask_ratio))
     if len_keep < 1:
         raise ValueError(
@@ -27,14 +33,32 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
     return len_keep
 
 
+def _check_noise(noise, n: int, L: int) -> None:
+    if not isinstance(noise, torch.Tensor):
+        raise TypeError(
+            f"noise must be a torch.Tensor of shape (N, L) = {(n, L)}, got {type(noise).__name__}; "
+            "e.g. noise=torch.rand(N, L)"
+        )
+    if noise.dtype == torch.bool or noise.is_complex():
+        raise TypeError(f"noise must hold real scores (e.g. torch.rand(N, L)), got dtype {noise.dtype}")
+    if noise.shape != (n, L):
+        raise ValueError(f"noise must have shape (N, L) = {(n, L)}, got {tuple(noise.shape)}")
+    if noise.is_floating_point() and not bool(torch.isfinite(noise).all()):
+        raise ValueError(
+            "noise must be finite; it contains NaN or inf, which would give every sample the "
+            "same mask; pass finite scores such as torch.rand(N, L)"
+        )
+
+
 def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
     """Keep a random ``1 - mask_ratio`` share of the tokens of every sample.
 
     Args:
         x: ``(N, L, D)`` tokens in their original (row-major) order.
         mask_ratio: share of tokens to remove, in ``[0, 1)``.
-        noise: optional ``(N, L)`` scores; the tokens with the *smallest* noise
-            are kept.  ``None`` draws ``torch.rand(N, L)`` on ``x``'s device.
+        noise: optional ``(N, L)`` tensor of finite real scores; the tokens with
+            the *smallest* noise are kept.  ``None`` draws ``torch.rand(N, L)`` on
+            ``x``'s device.
 
     Returns:
         ``x_masked`` ``(N, L_keep, D)``: the kept tokens, in shuffled order;
@@ -47,8 +71,8 @@ def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | Non
     len_keep = num_kept(L, mask_ratio)
     if noise is None:
         noise = torch.rand(n, L, device=x.device)
-    elif noise.shape != (n, L):
-        raise ValueError(f"noise must have shape (N, L) = {(n, L)}, got {tuple(noise.shape)}")
+    else:
+        _check_noise(noise, n, L)
     noise = noise.to(x.device)
 
     # ids_shuffle[i] lists the token indices of sample i from smallest to largest noise.

@@ -227,7 +227,17 @@ class MaskedAutoencoderViT(nn.Module):
             raise ValueError(
                 f"imgs must be a 4-D batch (N, C, H, W); got shape {tuple(imgs.shape)}"
             )
+        if not imgs.is_floating_point():
+            raise TypeError(
+                f"imgs must be a floating-point tensor of normalized pixels, got dtype {imgs.dtype}; "
+                "convert raw pixels first, e.g. mae_from_scratch.photos.normalize(imgs.float() / 255) "
+                "(or normalize with your dataset's mean and std)"
+            )
         n, c, h, w = imgs.shape
+        if n == 0:
+            raise ValueError(
+                f"imgs is an empty batch (shape {tuple(imgs.shape)}); pass at least one image"
+            )
         if c != self.in_chans:
             raise ValueError(f"the model expects {self.in_chans} channels, got {c} (shape {tuple(imgs.shape)})")
         if h != w:
@@ -240,6 +250,18 @@ class MaskedAutoencoderViT(nn.Module):
                 f"resize the images or build the model with img_size={h}"
             )
 
+    def prepare_images(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Check ``imgs`` (see :meth:`check_images`) and cast them to the parameters' dtype.
+
+        Floating-point images of another dtype (float16, bfloat16, float64) are
+        cast to the dtype of the model's parameters, so a float64 batch feeds a
+        float32 model.  Under ``torch.autocast`` the parameters stay float32 and
+        autocast still runs the layers in half precision.  Integer and bool
+        images are refused: they are raw pixels, not the normalized input.
+        """
+        self.check_images(imgs)
+        return imgs.to(self.patch_embed.proj.weight.dtype)
+
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W) -> (N, L, p*p*C)``."""
         return patchify(imgs, self.patch_size)
@@ -250,7 +272,7 @@ class MaskedAutoencoderViT(nn.Module):
 
     def _embed_patches(self, imgs: torch.Tensor) -> torch.Tensor:
         """Checked images -> one token per patch, position included: ``(N, L, D)``."""
-        self.check_images(imgs)
+        imgs = self.prepare_images(imgs)
         return self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
 
     def _encode(self, patch_tokens: torch.Tensor) -> torch.Tensor:
@@ -263,6 +285,11 @@ class MaskedAutoencoderViT(nn.Module):
 
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
         """Encode only the visible patches.
+
+        ``imgs``: ``(N, C, H, W)`` floating-point, normalized (other float dtypes
+        are cast to the parameters' dtype, see :meth:`prepare_images`).
+        ``noise``: optional finite ``(N, L)`` tensor, see
+        :func:`~mae_from_scratch.masking.random_masking`.
 
         Returns ``latent (N, 1 + L_keep, D)`` (cls token first), ``mask (N, L)``
         and ``ids_restore (N, L)``.
@@ -305,7 +332,13 @@ class MaskedAutoencoderViT(nn.Module):
         return masked_mse_loss(pred, target, mask)
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None):
-        """One MAE step: returns ``loss ()``, ``pred (N, L, p*p*C)``, ``mask (N, L)``."""
+        """One MAE step: returns ``loss ()``, ``pred (N, L, p*p*C)``, ``mask (N, L)``.
+
+        ``imgs`` must be floating point; float16, bfloat16 and float64 images are
+        cast to the parameters' dtype (see :meth:`prepare_images`), uint8 and
+        other integer images are refused with a TypeError.
+        """
+        imgs = self.prepare_images(imgs)
         num_patches = self.patch_embed.num_patches
         if num_kept(num_patches, mask_ratio) == num_patches:
             raise ValueError(
@@ -322,7 +355,8 @@ class MaskedAutoencoderViT(nn.Module):
 
         ``pool='cls'`` -> ``(N, D)`` the cls token; ``pool='mean'`` -> ``(N, D)``
         the mean of the patch tokens; ``pool='none'`` -> ``(N, 1 + L, D)`` every
-        token.  All after the encoder's final LayerNorm.
+        token.  All after the encoder's final LayerNorm.  ``imgs`` as for
+        :meth:`forward` (other float dtypes are cast to the parameters' dtype).
         """
         if pool not in ("cls", "mean", "none"):
             raise ValueError(f"pool must be 'cls', 'mean' or 'none', got {pool!r}")

@@ -4,7 +4,14 @@ The flags are the official ones (``--model --input_size --batch_size --accum_ite
 --epochs --mask_ratio --norm_pix_loss --weight_decay --blr --lr --min_lr
 --warmup_epochs --data_path --output_dir --resume --seed --device --num_workers``)
 plus ``--preset``, ``--dataset``, ``--precision``, ``--save_every_steps``,
-``--auto_resume``, ``--max_images``, ``--max_steps`` and ``--mount_drive``.
+``--auto_resume``, ``--overwrite``, ``--max_images``, ``--max_steps`` and ``--mount_drive``.
+
+Every flag, the output folder and the checkpoint to resume from are checked
+before any data is loaded or anything is written; a bad one stops the run with
+one line naming the cause (:class:`PretrainInputError`).  An output folder that
+holds a run is continued (``--auto_resume``) or replaced (``--overwrite``), never
+silently mixed with a new run, and a lock file (``.lock``, the owner's pid and
+host) keeps a second run out of it while the first is running.
 
 Examples::
 
@@ -31,7 +38,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -41,11 +51,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import data as D
-from .checkpoint import load_training_checkpoint, save_atomic, training_checkpoint
+from .checkpoint import CheckpointMismatchError, load_training_checkpoint, save_atomic, training_checkpoint
 from .device_data import DeviceBatchLoader, NotUniformError, decode_images, first_image_nbytes, fits_on_device
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from .engine import EpochMeter, NonFiniteLossError, StepInfo, compile_model, train_one_epoch
-from .metrics import MetricsWriter
+from .masking import num_kept
+from .metrics import EPOCH_LOG, STEP_LOG, MetricsWriter
 from .model import MODELS, create_model
 from .optim import build_optimizer, effective_lr, lr_at
 from .precision import PRECISIONS, choose_precision
@@ -53,10 +64,23 @@ from .presets import PRESETS, describe, get_preset
 
 LAST_CHECKPOINT = "checkpoint-last.pth"
 LOADERS = ("auto", "device", "pil")
+LOCK_FILE = ".lock"
+
+
+class PretrainInputError(ValueError):
+    """A flag, the output folder or a checkpoint to resume from cannot be used; the
+    message names the cause and the fix.  Raised before any data is loaded."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (a :class:`PretrainInputError`)."""
+
+    def error(self, message):
+        raise PretrainInputError(f"{message} (see --help)")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("MAE pre-training", add_help=True,
+    p = _Parser("MAE pre-training", add_help=True,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog="presets:\n" + describe())
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
@@ -109,6 +133,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default="", help="checkpoint file to continue from")
     p.add_argument("--auto_resume", action="store_true",
                    help=f"continue from OUTPUT_DIR/{LAST_CHECKPOINT} if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an OUTPUT_DIR that holds a run (its checkpoints and logs are replaced)")
     p.add_argument("--save_every_steps", default=0, type=int,
                    help=f"also write {LAST_CHECKPOINT} every N optimizer steps (0: only at epoch ends)")
     p.add_argument("--save_freq", default=20, type=int, help="keep checkpoint-EPOCH.pth every N epochs")
@@ -151,16 +177,278 @@ def _mount_drive_if_asked(args) -> None:
     if args.mount_drive:
         try:
             from google.colab import drive  # type: ignore[import-not-found]
-        except ImportError as e:
-            raise RuntimeError("--mount_drive only works inside Google Colab") from e
+        except ImportError:
+            _refuse("--mount_drive only works inside Google Colab; leave it out elsewhere")
         drive.mount("/content/drive")
     if args.output_dir and str(args.output_dir).startswith("/content/drive") and not os.path.isdir("/content/drive"):
-        raise RuntimeError(f"--output_dir {args.output_dir} is on Google Drive, which is not mounted; "
+        _refuse(f"--output_dir {args.output_dir} is on Google Drive, which is not mounted; "
                            "add --mount_drive (or run `from google.colab import drive; drive.mount('/content/drive')`)")
 
 
 def resolve_dataset(args) -> str:
     return args.dataset if args.dataset != "auto" else ("imagefolder" if args.data_path else "photos")
+
+
+# ----------------------------------------------------------------------------------
+# Checks made before anything is loaded or written
+def _refuse(msg: str):
+    raise PretrainInputError(msg)
+
+
+def _finite(name: str, value, low: float = 0.0, strict: bool = False, example: str = "") -> None:
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > low if strict else value >= low))
+    if not ok:
+        _refuse(f"--{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}"
+                + (f"; e.g. --{name} {example}" if example else ""))
+
+
+def _whole(name: str, value, low: int, optional: bool = False, hint: str = "") -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        _refuse(f"--{name} must be a whole number >= {low}, got {value!r}" + (f"; {hint}" if hint else ""))
+
+
+def check_device(name) -> torch.device:
+    """``name`` as a torch device this code can train on (cpu, cuda, cuda:N), or a one-line error."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        _refuse(f"--device {name!r} is not a device; use --device cpu or --device cuda (cuda:N for GPU N)")
+    if device.type not in ("cpu", "cuda"):
+        _refuse(f"--device {name} is not supported for pretraining; use --device cpu or --device cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            _refuse(f"--device {name} was asked for but no CUDA GPU is available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            _refuse(f"--device {name}: there is no GPU {device.index} (this machine has "
+                    f"{torch.cuda.device_count()}); use --device cuda:0")
+    return device
+
+
+def check_args(args) -> None:
+    """Refuse every flag value that is out of range, before anything is loaded or written.
+
+    An explicit value is never replaced by a default: ``--epochs 0`` or
+    ``--input_size 0`` are errors, not "use the default".
+    """
+    if args.model not in MODELS:
+        _refuse(f"--model {args.model!r} is not a model; choose one of {sorted(MODELS)}")
+    _whole("epochs", args.epochs, 1)
+    _whole("batch_size", args.batch_size, 1)
+    _whole("accum_iter", args.accum_iter, 1)
+    _whole("num_workers", args.num_workers, 0)
+    _whole("num_photos", args.num_photos, 1)
+    _whole("save_freq", args.save_freq, 1, hint="checkpoint-EPOCH.pth is kept every SAVE_FREQ epochs")
+    _whole("save_every_steps", args.save_every_steps, 0, hint=f"0 writes {LAST_CHECKPOINT} only at epoch ends")
+    _whole("max_images", args.max_images, 1, optional=True, hint="leave it out to train on every image")
+    _whole("max_steps", args.max_steps, 1, optional=True, hint="leave it out to train every epoch")
+    _whole("seed", args.seed, 0)
+    with torch.device("meta"):  # the configuration only
+        cfg = create_model(args.model).config
+    if args.input_size is not None:
+        if isinstance(args.input_size, bool) or not isinstance(args.input_size, int) or args.input_size < 1:
+            _refuse(f"--input_size must be a positive number of pixels, got {args.input_size!r}; "
+                    f"{args.model} is built for {cfg.img_size} (leave it out for that)")
+        if args.input_size % cfg.patch_size:
+            _refuse(f"--input_size {args.input_size} is not divisible by the patch size {cfg.patch_size} of "
+                    f"{args.model}; use a multiple of {cfg.patch_size}, e.g. {cfg.img_size}")
+    size = args.input_size if args.input_size is not None else cfg.img_size
+    num_patches = (size // cfg.patch_size) ** 2
+    try:
+        keep = num_kept(num_patches, args.mask_ratio)
+    except (ValueError, TypeError) as e:
+        _refuse(f"--mask_ratio: {e}")
+    if keep >= num_patches:
+        _refuse(f"--mask_ratio {args.mask_ratio} removes no patch out of {num_patches}; MAE needs removed "
+                f"patches to learn from (the recipe uses 0.75)")
+    _finite("blr", args.blr, example="1e-3")
+    if args.lr is not None:
+        _finite("lr", args.lr, example="1.5e-4")
+    _finite("min_lr", args.min_lr)
+    _finite("warmup_epochs", args.warmup_epochs)
+    _finite("weight_decay", args.weight_decay, example="0.05")
+    if args.clip_grad is not None:
+        _finite("clip_grad", args.clip_grad, strict=True, example="1.0")
+    if args.data_path is not None and not str(args.data_path).strip():
+        _refuse("--data_path is empty; give an ImageFolder ROOT or a .tar/.tar.gz of one, "
+                "or leave --data_path out to train on the offline photos")
+    if getattr(args, "loader", "auto") not in LOADERS:
+        _refuse(f"--loader must be one of {LOADERS}, got {args.loader!r}")
+    if args.resume and args.overwrite:
+        _refuse("--resume and --overwrite contradict each other; give one of them")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    except (OSError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def check_output_dir(out: Path | None) -> None:
+    """Refuse an output folder that is a file, sits under a file or cannot be written."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        _refuse(f"--output_dir {out} is a file, not a folder; choose another --output_dir")
+    parent = out
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if parent != out and parent.exists() and not parent.is_dir():
+        _refuse(f"--output_dir {out} cannot be made: {parent} is a file; choose another --output_dir")
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        _refuse(f"--output_dir {out} cannot be written ({parent} is not writable); choose another --output_dir")
+
+
+def _holds_run(out: Path | None) -> bool:
+    return out is not None and out.is_dir() and any((out / n).is_file() for n in (LAST_CHECKPOINT, EPOCH_LOG))
+
+
+def check_not_overwriting(args, out: Path | None) -> None:
+    """A folder that holds a run is continued (--auto_resume, --resume) or explicitly replaced (--overwrite)."""
+    if not _holds_run(out) or args.auto_resume or args.resume or args.overwrite:
+        return
+    what = f"{LAST_CHECKPOINT}" if (out / LAST_CHECKPOINT).is_file() else EPOCH_LOG
+    _refuse(f"--output_dir {out} already holds a run ({what}); continue it with --auto_resume, "
+            "start over with --overwrite, or choose another --output_dir")
+
+
+class OutputLock:
+    """An exclusive lock on an output folder: the file ``.lock`` (created with O_EXCL)
+    holding the owner's pid and host.  A lock left by a dead process on this host is
+    taken over; a live one makes the second run refuse, naming the first."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE
+        self.held = False
+
+    def _owner(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return None
+
+    def acquire(self) -> None:
+        host, me = socket.gethostname(), {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner == {}:  # removed in between
+                    continue
+                if owner is None:  # unreadable: a lock being written, or cut short by a kill
+                    try:
+                        age = time.time() - self.path.stat().st_mtime
+                    except FileNotFoundError:
+                        continue
+                    if age < 10:
+                        _refuse(f"--output_dir {self.folder} is locked by another run ({self.path} is being "
+                                "written); wait for it, or choose another --output_dir")
+                elif owner.get("host") != host or _pid_alive(int(owner.get("pid", -1))):
+                    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
+                    _refuse(f"--output_dir {self.folder} is in use by another run (pid {owner.get('pid')} on host "
+                            f"{owner.get('host')}, since {since}); wait for it to finish or choose another "
+                            f"--output_dir (if that run is gone, delete {self.path})")
+                try:  # stale: its process is gone
+                    self.path.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+        _refuse(f"could not lock --output_dir {self.folder}: {self.path} keeps reappearing")
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            owner = self._owner()
+            if owner and owner.get("pid") == os.getpid():
+                try:
+                    self.path.unlink()
+                except FileNotFoundError:
+                    pass
+
+
+_TMP = re.compile(r"^\..+\.pth\.(\d+)\.tmp$")
+
+
+def remove_stale_temporaries(out: Path | None) -> list[Path]:
+    """Delete ``.NAME.pth.PID.tmp`` files that a killed save left (their process is gone)."""
+    removed = []
+    if out is None or not out.is_dir():
+        return removed
+    for p in out.iterdir():
+        m = _TMP.match(p.name)
+        if m and p.is_file() and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+def _clear_old_run(out: Path, checkpoints: bool) -> None:
+    """Starting over: the old run's logs go (and with ``checkpoints``, for --overwrite, its
+    checkpoints), so nothing of it mixes with the new run."""
+    for p in out.iterdir():
+        if p.name in (EPOCH_LOG, STEP_LOG) or (checkpoints and re.fullmatch(r"checkpoint-(last|\d+)\.pth", p.name)):
+            p.unlink()
+
+
+def _model_of(ckpt: dict) -> str:
+    saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    name = saved.get("model")
+    cfg = ckpt.get("model_config")
+    if isinstance(cfg, dict):
+        size = ", ".join(f"{k}={cfg[k]}" for k in ("img_size", "patch_size", "embed_dim", "depth") if k in cfg)
+        return f"{name or 'a model'} ({size})"
+    return str(name) if name else "weights of another model"
+
+
+def read_resume_checkpoint(path: str, args, auto: bool) -> dict:
+    """The checkpoint to continue from, checked to be a training checkpoint of the model asked for."""
+    ckpt = load_training_checkpoint(path)
+    if "optimizer" not in ckpt:
+        _refuse(f"{path} holds model weights only (no optimizer state), so there is no run to resume; to start "
+                "from these weights, load them with mae_from_scratch.load_official_checkpoint(model, path) and "
+                "train from there (pretraining from it is not resuming)")
+    for key in ("epoch", "args", "rng"):
+        if key not in ckpt:
+            _refuse(f"{path} is not a checkpoint of this pretraining code (no {key!r} entry), so it cannot be "
+                    "resumed; load its weights with mae_from_scratch.load_official_checkpoint instead")
+    saved = ckpt["args"] if isinstance(ckpt["args"], dict) else {}
+    if saved.get("model") not in (None, args.model):
+        flag = "" if auto else " (or drop --resume to start a new run)"
+        _refuse(f"{path} holds {_model_of(ckpt)} but --model {args.model} was asked for; resume with --model "
+                f"{saved.get('model')}{flag}")
+    return ckpt
+
+
+def _data_path_from_checkpoint(args, ckpt: dict) -> bool:
+    """A resumed run without --data_path reads the data its checkpoint was trained on
+    (whether it did is returned)."""
+    saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    if args.data_path is None and args.dataset == "auto" and saved.get("data_path"):
+        args.data_path = saved["data_path"]
+        args.dataset = saved.get("dataset", "auto") if saved.get("dataset") in D.DATASETS else "auto"
+        return True
+    return False
 
 
 def _images_on_device(base, args, device, dist_info: DistInfo, required: bool):
@@ -178,7 +466,8 @@ def _images_on_device(base, args, device, dist_info: DistInfo, required: bool):
         return refuse(f"the {len(base)} images would take about {estimate / 2**30:.1f} GiB, "
                       f"more than a quarter of the memory of {device}")
     try:
-        images = decode_images(base, num_workers=args.num_workers, progress=dist_info.is_main)
+        images = decode_images(base, num_workers=args.num_workers,
+                               progress=dist_info.is_main and not getattr(args, "no_progress", False))
     except NotUniformError as e:
         return refuse(str(e))
     return images.to(device)
@@ -200,7 +489,7 @@ def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory:
     base = D.subset(base, args.max_images, seed=args.seed)
     requested = getattr(args, "loader", "auto")
     if requested not in LOADERS:
-        raise ValueError(f"--loader must be one of {LOADERS}, got {requested!r}")
+        _refuse(f"--loader must be one of {LOADERS}, got {requested!r}")
     if requested != "pil":
         images = _images_on_device(base, args, device, dist_info, required=requested == "device")
         if images is not None:
@@ -210,6 +499,9 @@ def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory:
             args.loader = "device"
             return images, sampler, loader, info
     args.loader = "pil"
+    # Every image file decoded once now, so a broken one stops the run before its first step.
+    D.verify_images(base, num_workers=args.num_workers,
+                    progress=dist_info.is_main and not getattr(args, "no_progress", False))
     dataset = D.MAEPretrainDataset(base, D.pretrain_transform(args.input_size, info.mean, info.std),
                                    num_patches, seed=args.seed)
     sampler = D.ResumableSampler(dataset, dist_info.world_size, dist_info.rank, seed=args.seed)
@@ -233,32 +525,82 @@ def pretrain(args: argparse.Namespace | None = None, argv: list[str] | None = No
         args = _parse(argv, **kwargs)
     elif kwargs:
         args = argparse.Namespace(**{**vars(args), **kwargs})
+    for name, default in (("overwrite", False), ("loader", "auto")):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    # Every check that can refuse the run comes first: nothing is loaded or written before it.
+    check_args(args)
     _mount_drive_if_asked(args)
+    check_device(args.device)
+    out = Path(args.output_dir) if args.output_dir else None
+    check_output_dir(out)
+    check_not_overwriting(args, out)
+    resume = args.resume
+    if not resume and args.auto_resume and out is not None and (out / LAST_CHECKPOINT).is_file():
+        resume = str(out / LAST_CHECKPOINT)
+    ckpt = read_resume_checkpoint(resume, args, auto=not args.resume) if resume else None
 
-    dist_info, device = init_distributed(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    lock, made = None, False
+    if out is not None and os.environ.get("RANK", "0") == "0":  # only the main process locks
+        made = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        lock = OutputLock(out)
     try:
-        return _pretrain(args, dist_info, device)
+        if lock is not None:
+            lock.acquire()
+            remove_stale_temporaries(out)
+        dist_info, device = init_distributed(args.device)
+        try:
+            return _pretrain(args, dist_info, device, ckpt, resume)
+        finally:
+            cleanup_distributed()
     finally:
-        cleanup_distributed()
+        if lock is not None:
+            lock.release()
+            if made and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # a refused run leaves no empty folder behind
 
 
-def _pretrain(args, dist_info: DistInfo, device: torch.device) -> PretrainResult:
+def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None, resume: str) -> PretrainResult:
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = create_model(args.model, norm_pix_loss=args.norm_pix_loss,
-                         **({"img_size": args.input_size} if args.input_size else {}))
+                         **({"img_size": args.input_size} if args.input_size is not None else {}))
     args.input_size = model.img_size
+    if args.lr is None:
+        args.lr = effective_lr(args.blr, args.batch_size, args.accum_iter, dist_info.world_size)
+    precision = choose_precision(device, args.precision)
+    optimizer = build_optimizer(model, args.lr, args.weight_decay)
+    scaler = precision.grad_scaler(device)
+    data_from_ckpt = False
+    if ckpt is not None:  # the weights are checked against the model before any data is read
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
+            _refuse(f"{resume} holds {_model_of(ckpt)}, which does not fit --model {args.model} at --input_size "
+                    f"{args.input_size} ({lines[0] if lines else e}); resume with the checkpoint's --model and "
+                    "--input_size")
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            _refuse(f"the optimizer state in {resume} does not fit --model {args.model} ({e})")
+        data_from_ckpt = _data_path_from_checkpoint(args, ckpt)
     model.to(device)
     num_patches = model.patch_embed.num_patches
 
     pin = args.pin_mem if args.pin_mem is not None else device.type == "cuda"
-    dataset, sampler, loader, info = build_pretrain_data(args, num_patches, dist_info, pin, device)
+    try:
+        dataset, sampler, loader, info = build_pretrain_data(args, num_patches, dist_info, pin, device)
+    except D.DataError as e:
+        if data_from_ckpt:
+            raise D.DataError(f"{e} (the data path {args.data_path!r} comes from the checkpoint {resume}, and a "
+                              "relative one is read from the current folder; give --data_path)") from e
+        raise
     args.dataset = info.name
     args.mean, args.std = list(info.mean), list(info.std)
 
-    if args.accum_iter < 1:
-        raise ValueError(f"--accum_iter must be >= 1, got {args.accum_iter}")
     steps_per_epoch = len(loader) // args.accum_iter
     if steps_per_epoch == 0:
         raise ValueError(
@@ -266,28 +608,18 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device) -> PretrainResult
             f"{args.batch_size} x {args.accum_iter} x {dist_info.world_size} images; lower --batch_size"
         )
     eff_batch = args.batch_size * args.accum_iter * dist_info.world_size
-    if args.lr is None:
-        args.lr = effective_lr(args.blr, args.batch_size, args.accum_iter, dist_info.world_size)
-
-    precision = choose_precision(device, args.precision)
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
-    scaler = precision.grad_scaler(device)
 
     out = Path(args.output_dir) if args.output_dir else None
     is_main = dist_info.is_main
+    if out is not None and is_main and ckpt is None and (args.overwrite or args.auto_resume):
+        # Starting over: the old run's logs are replaced, not appended to.
+        _clear_old_run(out, checkpoints=args.overwrite)
     writer = MetricsWriter(out, enabled=is_main)
 
     # ---------------------------------------------------------------- resume
-    resume = args.resume
-    if not resume and args.auto_resume and out is not None and (out / LAST_CHECKPOINT).is_file():
-        resume = str(out / LAST_CHECKPOINT)
     start_epoch, start_step, meter = 0, 0, EpochMeter()
-    if resume:
-        ckpt = load_training_checkpoint(resume)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
+    last_written = None  # (path, step, loss) of the last checkpoint written or resumed from
+    if ckpt is not None:
         saved = ckpt.get("args", {})
         epoch, epoch_step = int(ckpt["epoch"]), int(ckpt.get("epoch_step", steps_per_epoch))
         if epoch_step >= int(ckpt.get("steps_per_epoch", steps_per_epoch)):
@@ -308,6 +640,8 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device) -> PretrainResult
         writer.truncate(start_epoch * steps_per_epoch + start_step, start_epoch)
         if is_main:
             print(f"resumed from {resume}: epoch {start_epoch}, step {start_step} of {steps_per_epoch}", flush=True)
+        em = ckpt.get("epoch_meter") or {}
+        last_written = (resume, ckpt.get("step"), em["loss_sum"] / em["steps"] if em.get("steps") else None)
         del ckpt
     args.world_size = dist_info.world_size
 
@@ -328,15 +662,17 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device) -> PretrainResult
               flush=True)
 
     last_ckpt: Path | None = None
+    last_loss = [None]
 
     def save(epoch: int, epoch_step: int, name: str = LAST_CHECKPOINT) -> None:
-        nonlocal last_ckpt
+        nonlocal last_ckpt, last_written
         if out is None or not is_main:
             return
         state = training_checkpoint(model, optimizer, scaler, args, epoch=epoch, epoch_step=epoch_step,
                                     steps_per_epoch=steps_per_epoch, epoch_meter=meter, dataset=info)
         save_atomic(state, out / name)
         last_ckpt = out / LAST_CHECKPOINT if name == LAST_CHECKPOINT else out / name
+        last_written = (last_ckpt, epoch * steps_per_epoch + epoch_step, last_loss[0])
 
     def lr_fn(epoch_float: float) -> float:
         return lr_at(epoch_float, args.lr, args.min_lr, args.warmup_epochs, args.epochs)
@@ -345,6 +681,7 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device) -> PretrainResult
         pass
 
     def after_step(s: StepInfo) -> None:
+        last_loss[0] = s.loss
         if is_main:
             writer.log_step({"step": s.global_step, "epoch": s.epoch, "epoch_step": s.epoch_step,
                              "loss": s.loss, "lr": s.lr, "images_per_s": s.images_per_s})
@@ -384,7 +721,11 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device) -> PretrainResult
                 save(epoch, steps_per_epoch, name=f"checkpoint-{epoch}.pth")
             start_step, meter = 0, EpochMeter()
     except NonFiniteLossError as e:
-        where = f"; the last good checkpoint is {last_ckpt or resume}" if (last_ckpt or resume) else ""
+        where = ""
+        if last_written is not None:
+            path, step, loss = last_written
+            where = f"; the last checkpoint written is {path} (step {step}" + (
+                f", loss {loss:.4g})" if loss is not None else ")")
         raise NonFiniteLossError(f"{e}{where}. Try a lower --blr, --clip_grad 1.0 or --precision fp32.") from e
     barrier()
     if is_main:
@@ -394,12 +735,17 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device) -> PretrainResult
                           epoch_log=epoch_log)
 
 
+def _one_line(e: BaseException) -> str:
+    return "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
+
+
 def main(argv=None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
     try:
+        args = _parse(sys.argv[1:] if argv is None else argv)
         result = pretrain(args)
-    except (NonFiniteLossError, D.DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+    except (PretrainInputError, NonFiniteLossError, D.DataError, CheckpointMismatchError, FileNotFoundError,
+            ValueError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
         return 1
     if result.epoch_log and int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(result.epoch_log[-1]), flush=True)

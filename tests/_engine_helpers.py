@@ -60,3 +60,22 @@ def write_unreadable_image(path: Path) -> Path:
 
 __all__ = ["Image", "cifar_tar_path", "make_cifar_like_folder", "make_image_folder", "make_tar",
            "write_unreadable_image"]
+
+
+def poison_loss_at_call(monkeypatch, pretrain_module, call: int = 5) -> None:
+    """Make the model that ``pretrain`` builds return a NaN loss on its ``call``-th forward pass."""
+    real_create = pretrain_module.create_model
+
+    def create_poisoned(*a, **k):
+        model = real_create(*a, **k)
+        forward, calls = model.forward, [0]
+
+        def poisoned(imgs, *fa, **fk):
+            calls[0] += 1
+            loss, pred, mask = forward(imgs, *fa, **fk)
+            return (loss * float("nan") if calls[0] == call else loss), pred, mask
+
+        model.forward = poisoned
+        return model
+
+    monkeypatch.setattr(pretrain_module, "create_model", create_poisoned)

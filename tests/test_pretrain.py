@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from _engine_helpers import cifar_tar_path, make_image_folder
+from _engine_helpers import cifar_tar_path, make_image_folder, poison_loss_at_call
 from PIL import Image
 
 from mae_from_scratch import pretrain as P
@@ -265,22 +265,7 @@ def test_sigkilled_run_resumes_exactly(tmp_path, references, where, k, num_worke
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real_create = P.create_model
-
-    def create_poisoned(*a, **k):
-        model = real_create(*a, **k)
-        forward = model.forward
-        calls = [0]
-
-        def poisoned(imgs, *fa, **fk):
-            calls[0] += 1
-            loss, pred, mask = forward(imgs, *fa, **fk)
-            return (loss * float("nan") if calls[0] == 5 else loss), pred, mask
-
-        model.forward = poisoned
-        return model
-
-    monkeypatch.setattr(P, "create_model", create_poisoned)
+    poison_loss_at_call(monkeypatch, P, call=5)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"nan at epoch 0, step 4.*checkpoint-last\.pth"):
         P.pretrain(output_dir=str(out), num_workers=0, **TINY)
