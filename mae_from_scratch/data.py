@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,8 +241,9 @@ def extract_archive(path, cache_dir=None) -> Path:
                 tar.extractall(dest, members=members, filter="data")
             else:  # Python < 3.11.4: members were checked above
                 tar.extractall(dest, members=members)
-    except tarfile.TarError as e:
-        raise DataError(f"cannot read archive {path}: {e}") from e
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:  # a cut-off .gz ends in EOFError
+        raise DataError(f"cannot read archive {path} (truncated or corrupted?): {type(e).__name__}: {e}; "
+                        "download or copy it again") from e
     marker.write_text(str(path.resolve()))
     return dest
 

@@ -292,6 +292,15 @@ def test_tar_path_traversal_is_refused(capsys, out, tmp_path, monkeypatch):
             r"refusing to extract '\.\./escape\.txt'", out)
 
 
+def test_a_truncated_archive_is_named(capsys, out, tmp_path, monkeypatch):
+    monkeypatch.setenv("MAE_DATA_CACHE", str(tmp_path / "cache"))
+    whole = make_tar(make_image_folder(tmp_path / "tree", per_class=4), tmp_path / "whole.tar.gz", top="data")
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    refused(capsys, [*BASE, "--output_dir", str(out), "--data_path", str(cut)],
+            r"cannot read archive .*cut\.tar\.gz \(truncated or corrupted\?\).*copy it again", out)
+
+
 @pytest.mark.parametrize("loader", ["auto", "pil"])
 def test_every_corrupt_image_is_named_before_the_first_step(capsys, out, tmp_path, loader):
     root = make_image_folder(tmp_path / "data", per_class=4)
