@@ -23,6 +23,7 @@ import ast
 import math
 import os
 import pickle
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -257,18 +258,59 @@ def training_checkpoint(model, optimizer, scaler, args, *, epoch: int, epoch_ste
     }
 
 
+def _temporary_name(name: str, pid: int) -> str:
+    """The file :func:`save_atomic` writes before renaming it to ``name``."""
+    return f".{name}.{pid}.tmp"
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+\.pth)\.(?P<pid>\d+)\.tmp$")  # _temporary_name's pattern
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (under any user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    except (OSError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def remove_stale_temporaries(folder) -> list:
+    """Delete the temporary files that a :func:`save_atomic` killed mid-write left in
+    ``folder`` (those whose process is gone); returns their paths."""
+    removed = []
+    if folder is None or not os.path.isdir(folder):
+        return removed
+    for entry in os.scandir(folder):
+        m = _TEMPORARY.match(entry.name)
+        if m and entry.is_file():
+            pid = int(m.group("pid"))
+            if pid == os.getpid() or not process_alive(pid):
+                try:
+                    os.remove(entry.path)
+                    removed.append(entry.path)
+                except OSError:
+                    pass
+    return removed
+
+
 def save_atomic(obj, path) -> None:
     """``torch.save(obj, path)`` so that ``path`` is always either the old or the new file.
 
     The object is written to a temporary file in the same folder, flushed to disk,
     then renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows).
     A crash or kill in the middle leaves the previous ``path`` untouched and at
-    worst a stray ``*.tmp`` file, which is removed when the error is seen.
+    worst a stray ``*.tmp`` file, which is removed when the error is seen (or, after a
+    kill, by :func:`remove_stale_temporaries`).
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    tmp = os.path.join(folder, _temporary_name(os.path.basename(path), os.getpid()))
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)

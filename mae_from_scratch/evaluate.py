@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 
 import torch
@@ -42,6 +41,7 @@ from tqdm import tqdm
 
 from . import data as D
 from .checkpoint import Encoder, load_encoder_checkpoint
+from .cli_checks import OneLineParser, check_device, check_number, check_whole, one_line, refuse
 from .model import MODELS, MaskedAutoencoderViT, create_model
 from .precision import PRECISIONS, choose_precision
 
@@ -244,7 +244,7 @@ def finetune(encoder: MaskedAutoencoderViT, train_loader, test_loader, num_class
 # ----------------------------------------------------------------------------------
 # Command line
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("MAE evaluation", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser("MAE evaluation", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("mode", choices=MODES)
     p.add_argument("--checkpoint", default="random",
                    help="our checkpoint, an official one, or 'random' for a randomly initialized encoder")
@@ -274,67 +274,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_device(name: str) -> None:
-    """Raise :class:`ValueError` (one line) unless ``name`` is a device this machine has."""
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"--device {name!r} is not a device name; use cpu, or cuda (cuda:N for GPU N)") from None
-    if dev.type == "cpu":
-        return
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                             f"numbered from 0; use --device cuda:0")
-        return
-    if dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ValueError(f"--device {name}: the Apple MPS backend is not available here; use --device cpu")
-        return
-    raise ValueError(f"--device {name}: device type {dev.type!r} is not supported; use cpu or cuda")
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Refuse out-of-range flags before any checkpoint or data is read.
 
-    Every problem is a :class:`ValueError` with one line naming the flag, the value
-    and the allowed range.  Unset flags (``None``) take their documented defaults.
+    Every problem is an :class:`~mae_from_scratch.cli_checks.InputError` with one line
+    naming the flag, the value and the allowed range.  Unset flags (``None``) take their documented defaults.
     """
-    def at_least(name, v, low):
-        if v is not None and v < low:
-            raise ValueError(f"--{name} must be at least {low}, got {v}")
-
-    def positive(name, v):
-        if v is not None and not (_finite(v) and v > 0):
-            raise ValueError(f"--{name} must be a finite number above 0, got {v}")
-
     if args.checkpoint is not None and not str(args.checkpoint).strip():
-        raise ValueError("--checkpoint is empty; give a checkpoint file, or 'random' for a random encoder")
+        refuse("--checkpoint is empty; give a checkpoint file, or 'random' for a random encoder")
     if args.data_path is not None and not str(args.data_path).strip():
-        raise ValueError("--data_path is empty; give an ImageFolder ROOT, an archive or a torchvision root, "
-                         "or leave the flag out to use the checkpoint's")
-    at_least("k", args.k, 1)
-    positive("temperature", args.temperature)
-    at_least("epochs", args.epochs, 1)
-    positive("blr", args.blr)
-    if args.weight_decay is not None and not (_finite(args.weight_decay) and args.weight_decay >= 0):
-        raise ValueError(f"--weight_decay must be a finite number of at least 0, got {args.weight_decay}")
-    if args.crop_pct is not None and not (_finite(args.crop_pct) and 0 < args.crop_pct <= 1):
-        raise ValueError(f"--crop_pct must be in (0, 1] (the centre crop's share of the resized image), "
-                         f"got {args.crop_pct}")
-    at_least("batch_size", args.batch_size, 1)
-    at_least("num_workers", args.num_workers, 0)
-    at_least("max_train", args.max_train, 1)
-    at_least("max_test", args.max_test, 1)
-    at_least("input_size", args.input_size, 1)
-    check_device(args.device)
+        refuse("--data_path is empty; give an ImageFolder ROOT, an archive or a torchvision root, "
+               "or leave the flag out to use the checkpoint's")
+    check_whole("k", args.k, 1)
+    check_number("temperature", args.temperature, strict=True, example="0.07")
+    check_whole("epochs", args.epochs, 1, optional=True)
+    check_number("blr", args.blr, strict=True, optional=True)
+    check_number("weight_decay", args.weight_decay, optional=True)
+    if args.crop_pct is not None and not (isinstance(args.crop_pct, (int, float)) and math.isfinite(args.crop_pct)
+                                          and 0 < args.crop_pct <= 1):
+        refuse(f"--crop_pct must be in (0, 1] (the centre crop's share of the resized image), got {args.crop_pct}")
+    check_whole("batch_size", args.batch_size, 1)
+    check_whole("num_workers", args.num_workers, 0)
+    check_whole("max_train", args.max_train, 1, optional=True)
+    check_whole("max_test", args.max_test, 1, optional=True)
+    check_whole("input_size", args.input_size, 1, optional=True)
+    check_device(args.device, allow_mps=True, purpose="evaluation")
 
 
 def align_test_classes(train_ds, test_ds):
@@ -447,28 +411,20 @@ def evaluate(args: argparse.Namespace) -> dict:
                        weight_decay=0.05 if args.weight_decay is None else args.weight_decay, pool=args.pool,
                        device=args.device, precision=precision, seed=args.seed, progress=progress)
         result.update(epochs=epochs, blr=blr)
-    if not _finite(acc):
+    if not (isinstance(acc, (int, float)) and math.isfinite(acc)):
         raise ValueError(f"the {args.mode} accuracy is {acc}, not a number; the training diverged "
                          "(try a smaller --blr)")
     result["accuracy"] = acc
     return result
 
 
-def _one_line(e: BaseException) -> str:
-    """An error's message on one line, without advice to unpickle the file."""
-    msg = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
-    if re.search(r"weights_only.{0,30}False", msg):
-        msg = "the checkpoint is not a plain tensor checkpoint and cannot be read safely"
-    return msg
-
-
 def main(argv=None) -> int:
-    args = get_args_parser().parse_args(argv)
     try:
+        args = get_args_parser().parse_args(argv)
         result = evaluate(args)
         line = json.dumps(result, allow_nan=False)
     except (D.DataError, OSError, ValueError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return 1
     print(line, flush=True)
     return 0

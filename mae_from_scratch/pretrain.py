@@ -8,7 +8,7 @@ plus ``--preset``, ``--dataset``, ``--precision``, ``--save_every_steps``,
 
 Every flag, the output folder and the checkpoint to resume from are checked
 before any data is loaded or anything is written; a bad one stops the run with
-one line naming the cause (:class:`PretrainInputError`).  An output folder that
+one line naming the cause (:class:`~mae_from_scratch.cli_checks.InputError`).  An output folder that
 holds a run is continued (``--auto_resume``) or replaced (``--overwrite``), never
 silently mixed with a new run, and a lock file (``.lock``, the owner's pid and
 host) keeps a second run out of it while the first is running.
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import socket
@@ -51,7 +50,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import data as D
-from .checkpoint import CheckpointMismatchError, load_training_checkpoint, save_atomic, training_checkpoint
+from .cli_checks import (
+    InputError, OneLineParser, check_device, check_number, check_whole, one_line, refuse,
+)
+from .checkpoint import (
+    CheckpointMismatchError, load_training_checkpoint, process_alive, remove_stale_temporaries, save_atomic,
+    training_checkpoint,
+)
 from .device_data import DeviceBatchLoader, NotUniformError, decode_images, first_image_nbytes, fits_on_device
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from .engine import EpochMeter, NonFiniteLossError, StepInfo, compile_model, train_one_epoch
@@ -67,22 +72,10 @@ LOADERS = ("auto", "device", "pil")
 LOCK_FILE = ".lock"
 
 
-class PretrainInputError(ValueError):
-    """A flag, the output folder or a checkpoint to resume from cannot be used; the
-    message names the cause and the fix.  Raised before any data is loaded."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (a :class:`PretrainInputError`)."""
-
-    def error(self, message):
-        raise PretrainInputError(f"{message} (see --help)")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    p = _Parser("MAE pre-training", add_help=True,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="presets:\n" + describe())
+    p = OneLineParser("MAE pre-training", add_help=True,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                      epilog="presets:\n" + describe())
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="start from a named recipe; flags given here override it")
     p.add_argument("--batch_size", default=64, type=int, help="images per process per iteration")
@@ -178,11 +171,11 @@ def _mount_drive_if_asked(args) -> None:
         try:
             from google.colab import drive  # type: ignore[import-not-found]
         except ImportError:
-            _refuse("--mount_drive only works inside Google Colab; leave it out elsewhere")
+            refuse("--mount_drive only works inside Google Colab; leave it out elsewhere")
         drive.mount("/content/drive")
     if args.output_dir and str(args.output_dir).startswith("/content/drive") and not os.path.isdir("/content/drive"):
-        _refuse(f"--output_dir {args.output_dir} is on Google Drive, which is not mounted; "
-                           "add --mount_drive (or run `from google.colab import drive; drive.mount('/content/drive')`)")
+        refuse(f"--output_dir {args.output_dir} is on Google Drive, which is not mounted; "
+               "add --mount_drive (or run `from google.colab import drive; drive.mount('/content/drive')`)")
 
 
 def resolve_dataset(args) -> str:
@@ -191,42 +184,6 @@ def resolve_dataset(args) -> str:
 
 # ----------------------------------------------------------------------------------
 # Checks made before anything is loaded or written
-def _refuse(msg: str):
-    raise PretrainInputError(msg)
-
-
-def _finite(name: str, value, low: float = 0.0, strict: bool = False, example: str = "") -> None:
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and (value > low if strict else value >= low))
-    if not ok:
-        _refuse(f"--{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}"
-                + (f"; e.g. --{name} {example}" if example else ""))
-
-
-def _whole(name: str, value, low: int, optional: bool = False, hint: str = "") -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        _refuse(f"--{name} must be a whole number >= {low}, got {value!r}" + (f"; {hint}" if hint else ""))
-
-
-def check_device(name) -> torch.device:
-    """``name`` as a torch device this code can train on (cpu, cuda, cuda:N), or a one-line error."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        _refuse(f"--device {name!r} is not a device; use --device cpu or --device cuda (cuda:N for GPU N)")
-    if device.type not in ("cpu", "cuda"):
-        _refuse(f"--device {name} is not supported for pretraining; use --device cpu or --device cuda")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            _refuse(f"--device {name} was asked for but no CUDA GPU is available; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            _refuse(f"--device {name}: there is no GPU {device.index} (this machine has "
-                    f"{torch.cuda.device_count()}); use --device cuda:0")
-    return device
-
-
 def check_args(args) -> None:
     """Refuse every flag value that is out of range, before anything is loaded or written.
 
@@ -234,62 +191,50 @@ def check_args(args) -> None:
     ``--input_size 0`` are errors, not "use the default".
     """
     if args.model not in MODELS:
-        _refuse(f"--model {args.model!r} is not a model; choose one of {sorted(MODELS)}")
-    _whole("epochs", args.epochs, 1)
-    _whole("batch_size", args.batch_size, 1)
-    _whole("accum_iter", args.accum_iter, 1)
-    _whole("num_workers", args.num_workers, 0)
-    _whole("num_photos", args.num_photos, 1)
-    _whole("save_freq", args.save_freq, 1, hint="checkpoint-EPOCH.pth is kept every SAVE_FREQ epochs")
-    _whole("save_every_steps", args.save_every_steps, 0, hint=f"0 writes {LAST_CHECKPOINT} only at epoch ends")
-    _whole("max_images", args.max_images, 1, optional=True, hint="leave it out to train on every image")
-    _whole("max_steps", args.max_steps, 1, optional=True, hint="leave it out to train every epoch")
-    _whole("seed", args.seed, 0)
+        refuse(f"--model {args.model!r} is not a model; choose one of {sorted(MODELS)}")
+    check_whole("epochs", args.epochs, 1)
+    check_whole("batch_size", args.batch_size, 1)
+    check_whole("accum_iter", args.accum_iter, 1)
+    check_whole("num_workers", args.num_workers, 0)
+    check_whole("num_photos", args.num_photos, 1)
+    check_whole("save_freq", args.save_freq, 1, hint="checkpoint-EPOCH.pth is kept every SAVE_FREQ epochs")
+    check_whole("save_every_steps", args.save_every_steps, 0, hint=f"0 writes {LAST_CHECKPOINT} only at epoch ends")
+    check_whole("max_images", args.max_images, 1, optional=True, hint="leave it out to train on every image")
+    check_whole("max_steps", args.max_steps, 1, optional=True, hint="leave it out to train every epoch")
+    check_whole("seed", args.seed, 0)
     with torch.device("meta"):  # the configuration only
         cfg = create_model(args.model).config
     if args.input_size is not None:
         if isinstance(args.input_size, bool) or not isinstance(args.input_size, int) or args.input_size < 1:
-            _refuse(f"--input_size must be a positive number of pixels, got {args.input_size!r}; "
-                    f"{args.model} is built for {cfg.img_size} (leave it out for that)")
+            refuse(f"--input_size must be a positive number of pixels, got {args.input_size!r}; "
+                   f"{args.model} is built for {cfg.img_size} (leave it out for that)")
         if args.input_size % cfg.patch_size:
-            _refuse(f"--input_size {args.input_size} is not divisible by the patch size {cfg.patch_size} of "
-                    f"{args.model}; use a multiple of {cfg.patch_size}, e.g. {cfg.img_size}")
+            refuse(f"--input_size {args.input_size} is not divisible by the patch size {cfg.patch_size} of "
+                   f"{args.model}; use a multiple of {cfg.patch_size}, e.g. {cfg.img_size}")
     size = args.input_size if args.input_size is not None else cfg.img_size
     num_patches = (size // cfg.patch_size) ** 2
     try:
         keep = num_kept(num_patches, args.mask_ratio)
     except (ValueError, TypeError) as e:
-        _refuse(f"--mask_ratio: {e}")
+        refuse(f"--mask_ratio: {e}")
     if keep >= num_patches:
-        _refuse(f"--mask_ratio {args.mask_ratio} removes no patch out of {num_patches}; MAE needs removed "
-                f"patches to learn from (the recipe uses 0.75)")
-    _finite("blr", args.blr, example="1e-3")
+        refuse(f"--mask_ratio {args.mask_ratio} removes no patch out of {num_patches}; MAE needs removed "
+               f"patches to learn from (the recipe uses 0.75)")
+    check_number("blr", args.blr, example="1e-3")
     if args.lr is not None:
-        _finite("lr", args.lr, example="1.5e-4")
-    _finite("min_lr", args.min_lr)
-    _finite("warmup_epochs", args.warmup_epochs)
-    _finite("weight_decay", args.weight_decay, example="0.05")
+        check_number("lr", args.lr, example="1.5e-4")
+    check_number("min_lr", args.min_lr)
+    check_number("warmup_epochs", args.warmup_epochs)
+    check_number("weight_decay", args.weight_decay, example="0.05")
     if args.clip_grad is not None:
-        _finite("clip_grad", args.clip_grad, strict=True, example="1.0")
+        check_number("clip_grad", args.clip_grad, strict=True, example="1.0")
     if args.data_path is not None and not str(args.data_path).strip():
-        _refuse("--data_path is empty; give an ImageFolder ROOT or a .tar/.tar.gz of one, "
-                "or leave --data_path out to train on the offline photos")
+        refuse("--data_path is empty; give an ImageFolder ROOT or a .tar/.tar.gz of one, "
+               "or leave --data_path out to train on the offline photos")
     if getattr(args, "loader", "auto") not in LOADERS:
-        _refuse(f"--loader must be one of {LOADERS}, got {args.loader!r}")
+        refuse(f"--loader must be one of {LOADERS}, got {args.loader!r}")
     if args.resume and args.overwrite:
-        _refuse("--resume and --overwrite contradict each other; give one of them")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    except (OSError, ValueError, OverflowError):
-        return False
-    return True
+        refuse("--resume and --overwrite contradict each other; give one of them")
 
 
 def check_output_dir(out: Path | None) -> None:
@@ -297,16 +242,16 @@ def check_output_dir(out: Path | None) -> None:
     if out is None:
         return
     if out.exists() and not out.is_dir():
-        _refuse(f"--output_dir {out} is a file, not a folder; choose another --output_dir")
+        refuse(f"--output_dir {out} is a file, not a folder; choose another --output_dir")
     parent = out
     while not parent.exists():
         if parent.parent == parent:
             break
         parent = parent.parent
     if parent != out and parent.exists() and not parent.is_dir():
-        _refuse(f"--output_dir {out} cannot be made: {parent} is a file; choose another --output_dir")
+        refuse(f"--output_dir {out} cannot be made: {parent} is a file; choose another --output_dir")
     if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
-        _refuse(f"--output_dir {out} cannot be written ({parent} is not writable); choose another --output_dir")
+        refuse(f"--output_dir {out} cannot be written ({parent} is not writable); choose another --output_dir")
 
 
 def _holds_run(out: Path | None) -> bool:
@@ -318,8 +263,8 @@ def check_not_overwriting(args, out: Path | None) -> None:
     if not _holds_run(out) or args.auto_resume or args.resume or args.overwrite:
         return
     what = f"{LAST_CHECKPOINT}" if (out / LAST_CHECKPOINT).is_file() else EPOCH_LOG
-    _refuse(f"--output_dir {out} already holds a run ({what}); continue it with --auto_resume, "
-            "start over with --overwrite, or choose another --output_dir")
+    refuse(f"--output_dir {out} already holds a run ({what}); continue it with --auto_resume, "
+           "start over with --overwrite, or choose another --output_dir")
 
 
 class OutputLock:
@@ -355,13 +300,13 @@ class OutputLock:
                     except FileNotFoundError:
                         continue
                     if age < 10:
-                        _refuse(f"--output_dir {self.folder} is locked by another run ({self.path} is being "
-                                "written); wait for it, or choose another --output_dir")
-                elif owner.get("host") != host or _pid_alive(int(owner.get("pid", -1))):
+                        refuse(f"--output_dir {self.folder} is locked by another run ({self.path} is being "
+                               "written); wait for it, or choose another --output_dir")
+                elif owner.get("host") != host or process_alive(int(owner.get("pid", -1))):
                     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
-                    _refuse(f"--output_dir {self.folder} is in use by another run (pid {owner.get('pid')} on host "
-                            f"{owner.get('host')}, since {since}); wait for it to finish or choose another "
-                            f"--output_dir (if that run is gone, delete {self.path})")
+                    refuse(f"--output_dir {self.folder} is in use by another run (pid {owner.get('pid')} on host "
+                           f"{owner.get('host')}, since {since}); wait for it to finish or choose another "
+                           f"--output_dir (if that run is gone, delete {self.path})")
                 try:  # stale: its process is gone
                     self.path.unlink()
                 except FileNotFoundError:
@@ -371,7 +316,7 @@ class OutputLock:
                 json.dump(me, f)
             self.held = True
             return
-        _refuse(f"could not lock --output_dir {self.folder}: {self.path} keeps reappearing")
+        refuse(f"could not lock --output_dir {self.folder}: {self.path} keeps reappearing")
 
     def release(self) -> None:
         if self.held:
@@ -382,25 +327,6 @@ class OutputLock:
                     self.path.unlink()
                 except FileNotFoundError:
                     pass
-
-
-_TMP = re.compile(r"^\..+\.pth\.(\d+)\.tmp$")
-
-
-def remove_stale_temporaries(out: Path | None) -> list[Path]:
-    """Delete ``.NAME.pth.PID.tmp`` files that a killed save left (their process is gone)."""
-    removed = []
-    if out is None or not out.is_dir():
-        return removed
-    for p in out.iterdir():
-        m = _TMP.match(p.name)
-        if m and p.is_file() and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
-            try:
-                p.unlink()
-                removed.append(p)
-            except OSError:
-                pass
-    return removed
 
 
 def _clear_old_run(out: Path, checkpoints: bool) -> None:
@@ -423,20 +349,16 @@ def _model_of(ckpt: dict) -> str:
 
 def read_resume_checkpoint(path: str, args, auto: bool) -> dict:
     """The checkpoint to continue from, checked to be a training checkpoint of the model asked for."""
-    ckpt = load_training_checkpoint(path)
-    if "optimizer" not in ckpt:
-        _refuse(f"{path} holds model weights only (no optimizer state), so there is no run to resume; to start "
-                "from these weights, load them with mae_from_scratch.load_official_checkpoint(model, path) and "
-                "train from there (pretraining from it is not resuming)")
-    for key in ("epoch", "args", "rng"):
+    ckpt = load_training_checkpoint(path)  # refuses unreadable and weights-only files
+    for key in ("optimizer", "epoch", "args", "rng"):
         if key not in ckpt:
-            _refuse(f"{path} is not a checkpoint of this pretraining code (no {key!r} entry), so it cannot be "
-                    "resumed; load its weights with mae_from_scratch.load_official_checkpoint instead")
+            refuse(f"{path} is not a checkpoint of this pretraining code (no {key!r} entry), so it cannot be "
+                   "resumed; load its weights with mae_from_scratch.load_official_checkpoint instead")
     saved = ckpt["args"] if isinstance(ckpt["args"], dict) else {}
     if saved.get("model") not in (None, args.model):
         flag = "" if auto else " (or drop --resume to start a new run)"
-        _refuse(f"{path} holds {_model_of(ckpt)} but --model {args.model} was asked for; resume with --model "
-                f"{saved.get('model')}{flag}")
+        refuse(f"{path} holds {_model_of(ckpt)} but --model {args.model} was asked for; resume with --model "
+               f"{saved.get('model')}{flag}")
     return ckpt
 
 
@@ -456,20 +378,20 @@ def _images_on_device(base, args, device, dist_info: DistInfo, required: bool):
     held there (they differ in size, or would take more than a quarter of the device's
     memory).  With ``required`` (``--loader device``) that is an error instead."""
 
-    def refuse(why: str):
+    def decline(why: str):
         if required:
-            raise ValueError(f"--loader device: {why}; use --loader pil")
+            refuse(f"--loader device: {why}; use --loader pil")
         return None
 
     estimate = first_image_nbytes(base) * len(base)  # before decoding everything
     if not fits_on_device(estimate, device):
-        return refuse(f"the {len(base)} images would take about {estimate / 2**30:.1f} GiB, "
+        return decline(f"the {len(base)} images would take about {estimate / 2**30:.1f} GiB, "
                       f"more than a quarter of the memory of {device}")
     try:
         images = decode_images(base, num_workers=args.num_workers,
                                progress=dist_info.is_main and not getattr(args, "no_progress", False))
     except NotUniformError as e:
-        return refuse(str(e))
+        return decline(str(e))
     return images.to(device)
 
 
@@ -487,9 +409,7 @@ def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory:
     base = D.build_dataset(name, "train", args.data_path, transform=None, num_photos=args.num_photos,
                            photo_size=max(64, args.input_size))
     base = D.subset(base, args.max_images, seed=args.seed)
-    requested = getattr(args, "loader", "auto")
-    if requested not in LOADERS:
-        _refuse(f"--loader must be one of {LOADERS}, got {requested!r}")
+    requested = getattr(args, "loader", "auto")  # checked by check_args
     if requested != "pil":
         images = _images_on_device(base, args, device, dist_info, required=requested == "device")
         if images is not None:
@@ -531,7 +451,7 @@ def pretrain(args: argparse.Namespace | None = None, argv: list[str] | None = No
     # Every check that can refuse the run comes first: nothing is loaded or written before it.
     check_args(args)
     _mount_drive_if_asked(args)
-    check_device(args.device)
+    check_device(args.device, purpose="pretraining")
     out = Path(args.output_dir) if args.output_dir else None
     check_output_dir(out)
     check_not_overwriting(args, out)
@@ -577,15 +497,15 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
             model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
             lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
-            _refuse(f"{resume} holds {_model_of(ckpt)}, which does not fit --model {args.model} at --input_size "
-                    f"{args.input_size} ({lines[0] if lines else e}); resume with the checkpoint's --model and "
-                    "--input_size")
+            refuse(f"{resume} holds {_model_of(ckpt)}, which does not fit --model {args.model} at --input_size "
+                   f"{args.input_size} ({lines[0] if lines else e}); resume with the checkpoint's --model and "
+                   "--input_size")
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
             if ckpt.get("scaler"):
                 scaler.load_state_dict(ckpt["scaler"])
         except (ValueError, KeyError, RuntimeError) as e:
-            _refuse(f"the optimizer state in {resume} does not fit --model {args.model} ({e})")
+            refuse(f"the optimizer state in {resume} does not fit --model {args.model} ({e})")
         data_from_ckpt = _data_path_from_checkpoint(args, ckpt)
     model.to(device)
     num_patches = model.patch_embed.num_patches
@@ -735,17 +655,13 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
                           epoch_log=epoch_log)
 
 
-def _one_line(e: BaseException) -> str:
-    return "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
-
-
 def main(argv=None) -> int:
     try:
         args = _parse(sys.argv[1:] if argv is None else argv)
         result = pretrain(args)
-    except (PretrainInputError, NonFiniteLossError, D.DataError, CheckpointMismatchError, FileNotFoundError,
+    except (InputError, NonFiniteLossError, D.DataError, CheckpointMismatchError, FileNotFoundError,
             ValueError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return 1
     if result.epoch_log and int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(result.epoch_log[-1]), flush=True)

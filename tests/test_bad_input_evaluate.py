@@ -76,36 +76,37 @@ def _refused(argv, pattern, capsys, monkeypatch):
 
 
 FLAG_CASES = [
-    (["--k", "0"], r"--k must be at least 1, got 0"),
-    (["--k", "-5"], r"--k must be at least 1, got -5"),
-    (["--temperature", "0"], r"--temperature must be a finite number above 0"),
-    (["--temperature", "-1"], r"--temperature must be a finite number above 0"),
-    (["--temperature", "nan"], r"--temperature must be a finite number above 0, got nan"),
-    (["--temperature", "inf"], r"--temperature must be a finite number above 0, got inf"),
-    (["--batch_size", "0"], r"--batch_size must be at least 1"),
-    (["--num_workers", "-1"], r"--num_workers must be at least 0"),
-    (["--max_train", "0"], r"--max_train must be at least 1"),
-    (["--max_test", "-3"], r"--max_test must be at least 1"),
-    (["--input_size", "0"], r"--input_size must be at least 1, got 0"),
-    (["--input_size", "-32"], r"--input_size must be at least 1, got -32"),
+    (["--k", "0"], r"--k must be a whole number >= 1, got 0"),
+    (["--k", "-5"], r"--k must be a whole number >= 1, got -5"),
+    (["--temperature", "0"], r"--temperature must be a finite number > 0"),
+    (["--temperature", "-1"], r"--temperature must be a finite number > 0"),
+    (["--temperature", "nan"], r"--temperature must be a finite number > 0, got nan"),
+    (["--temperature", "inf"], r"--temperature must be a finite number > 0, got inf"),
+    (["--batch_size", "0"], r"--batch_size must be a whole number >= 1, got 0"),
+    (["--num_workers", "-1"], r"--num_workers must be a whole number >= 0, got -1"),
+    (["--max_train", "0"], r"--max_train must be a whole number >= 1, got 0"),
+    (["--max_test", "-3"], r"--max_test must be a whole number >= 1, got -3"),
+    (["--input_size", "0"], r"--input_size must be a whole number >= 1, got 0"),
+    (["--input_size", "-32"], r"--input_size must be a whole number >= 1, got -32"),
     (["--input_size", "30"], r"input_size 30 is not divisible by the patch size 4"),
     (["--crop_pct", "0"], r"--crop_pct must be in \(0, 1\]"),
     (["--crop_pct", "5"], r"--crop_pct must be in \(0, 1\].*got 5"),
     (["--crop_pct", "nan"], r"--crop_pct must be in \(0, 1\]"),
-    (["--weight_decay", "-1"], r"--weight_decay must be a finite number of at least 0"),
-    (["--weight_decay", "nan"], r"--weight_decay must be a finite number of at least 0"),
-    (["--device", "gpu"], r"--device 'gpu' is not a device name"),
-    (["--device", "cuda:99"], r"--device cuda:99: (no CUDA GPU|this machine has)"),
+    (["--weight_decay", "-1"], r"--weight_decay must be a finite number >= 0, got -1"),
+    (["--weight_decay", "nan"], r"--weight_decay must be a finite number >= 0, got nan"),
+    (["--device", "gpu"], r"--device 'gpu' is not a device; use --device cpu or --device cuda"),
+    (["--k", "abc"], r"argument --k: invalid int value: 'abc' \(see --help\)"),
+    (["--device", "cuda:99"], r"--device cuda:99(: there is no GPU 99| was asked for but no CUDA GPU is available)"),
 ]
 MODE_CASES = [
-    ("linprobe", ["--blr", "nan"], r"--blr must be a finite number above 0, got nan"),
-    ("linprobe", ["--blr", "0"], r"--blr must be a finite number above 0, got 0"),
-    ("linprobe", ["--blr", "-0.1"], r"--blr must be a finite number above 0"),
-    ("linprobe", ["--blr", "inf"], r"--blr must be a finite number above 0"),
-    ("linprobe", ["--epochs", "0"], r"--epochs must be at least 1, got 0"),
-    ("finetune", ["--epochs", "0"], r"--epochs must be at least 1, got 0"),
-    ("finetune", ["--epochs", "-3"], r"--epochs must be at least 1, got -3"),
-    ("finetune", ["--blr", "0"], r"--blr must be a finite number above 0"),
+    ("linprobe", ["--blr", "nan"], r"--blr must be a finite number > 0, got nan"),
+    ("linprobe", ["--blr", "0"], r"--blr must be a finite number > 0, got 0"),
+    ("linprobe", ["--blr", "-0.1"], r"--blr must be a finite number > 0, got -0.1"),
+    ("linprobe", ["--blr", "inf"], r"--blr must be a finite number > 0, got inf"),
+    ("linprobe", ["--epochs", "0"], r"--epochs must be a whole number >= 1, got 0"),
+    ("finetune", ["--epochs", "0"], r"--epochs must be a whole number >= 1, got 0"),
+    ("finetune", ["--epochs", "-3"], r"--epochs must be a whole number >= 1, got -3"),
+    ("finetune", ["--blr", "0"], r"--blr must be a finite number > 0, got 0"),
 ]
 
 
@@ -131,7 +132,7 @@ def test_explicit_empty_values_are_not_replaced_by_defaults(folder, capsys, monk
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_cuda_without_a_gpu(folder, capsys, monkeypatch):
-    _refused(_base(folder) + ["--device", "cuda"], r"--device cuda: no CUDA GPU is available.*--device cpu",
+    _refused(_base(folder) + ["--device", "cuda"], r"--device cuda was asked for but no CUDA GPU is available; use --device cpu",
              capsys, monkeypatch)
 
 

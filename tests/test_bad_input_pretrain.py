@@ -24,6 +24,7 @@ from _engine_helpers import make_image_folder, make_tar, poison_loss_at_call, wr
 
 from mae_from_scratch import data as D
 from mae_from_scratch import pretrain as P
+from mae_from_scratch.cli_checks import InputError
 from mae_from_scratch.checkpoint import load_training_checkpoint
 from mae_from_scratch.engine import NonFiniteLossError
 from mae_from_scratch.metrics import read_epoch_log, read_step_log
@@ -121,9 +122,9 @@ def test_bad_flag_is_refused_before_anything_runs(capsys, out, extra, pattern):
 
 
 def test_flags_checked_through_the_api_too(out):
-    with pytest.raises(P.PretrainInputError, match="--epochs must be a whole number >= 1"):
+    with pytest.raises(InputError, match="--epochs must be a whole number >= 1"):
         P.pretrain(preset="cpu_smoke", epochs=0, output_dir=str(out))
-    with pytest.raises(P.PretrainInputError, match="--save_freq must be"):
+    with pytest.raises(InputError, match="--save_freq must be"):
         P.pretrain(preset="cpu_smoke", save_freq=0, output_dir=str(out))
 
 
