@@ -488,7 +488,8 @@ class _ImageCheck(torch.utils.data.Dataset):
         return self.paths[i], check_image(self.paths[i])
 
 
-def _collate_list(items):
+def collate_as_list(items):
+    """A ``collate_fn`` that keeps a batch as the list of its items (picklable for workers)."""
     return items
 
 
@@ -509,7 +510,7 @@ def verify_images(ds, num_workers: int = 0, progress: bool = False) -> None:
     from tqdm import tqdm
 
     loader = torch.utils.data.DataLoader(_ImageCheck(paths), batch_size=64, num_workers=num_workers,
-                                         collate_fn=_collate_list)
+                                         collate_fn=collate_as_list)
     bad = []
     for batch in tqdm(loader, desc="checking images", disable=not progress, ascii=True):
         bad.extend((p, why) for p, why in batch if why is not None)

@@ -36,8 +36,11 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .data import DataError, bad_images_error, collate_as_list
 
 __all__ = [
     "DeviceBatchLoader",
@@ -194,14 +197,9 @@ def _to_uint8_chw(item):
     return pil_to_tensor(img.convert("RGB")), int(label)
 
 
-def _collate(items):
-    return items
-
-
-def _raw_arrays(ds):
-    """torchvision's CIFAR-10 and STL-10 hold their images as one uint8 array already."""
-    import numpy as np
-
+def _raw_source(ds):
+    """torchvision's CIFAR-10 and STL-10 hold their images as one uint8 array already:
+    ``(array, labels, indices or None)`` for those (also inside a ``Subset``), else ``None``."""
     indices = None
     if isinstance(ds, torch.utils.data.Subset):
         ds, indices = ds.dataset, list(ds.indices)
@@ -211,6 +209,15 @@ def _raw_arrays(ds):
         labels = getattr(ds, "labels", None)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 4 or labels is None:
         return None
+    return data, labels, indices
+
+
+def _raw_arrays(ds):
+    """The images and labels of a data set :func:`_raw_source` recognises, as tensors."""
+    source = _raw_source(ds)
+    if source is None:
+        return None
+    data, labels, indices = source
     images = torch.from_numpy(data)
     if images.shape[-1] == 3:  # CIFAR-10 stores (N, H, W, C)
         images = images.permute(0, 3, 1, 2)
@@ -233,7 +240,7 @@ def decode_images(ds, num_workers: int = 0, progress: bool = False) -> DeviceIma
     from tqdm import tqdm
 
     loader = torch.utils.data.DataLoader(
-        _Decoded(ds), batch_size=256, num_workers=num_workers, collate_fn=_collate)
+        _Decoded(ds), batch_size=256, num_workers=num_workers, collate_fn=collate_as_list)
     images, labels, shape = None, [], None
     done = 0
     bad = []
@@ -255,8 +262,6 @@ def decode_images(ds, num_workers: int = 0, progress: bool = False) -> DeviceIma
             labels.append(label)
             done += 1
     if bad:
-        from .data import bad_images_error
-
         raise bad_images_error(bad)
     if images is None:
         raise ValueError("the data set is empty")
@@ -271,8 +276,6 @@ class _Decoded(torch.utils.data.Dataset):
         return len(self.ds)
 
     def __getitem__(self, i):
-        from .data import DataError
-
         try:
             return _to_uint8_chw(self.ds[i])
         except DataError as e:  # collected, so that every unreadable file is reported at once
@@ -290,11 +293,9 @@ class _Unreadable:
 def first_image_nbytes(ds) -> int:
     """The bytes of one image of ``ds`` as uint8, from its first item: with ``len(ds)``, an
     estimate of the whole data set's size before anything else is decoded."""
-    from .data import DataError
-
-    raw = _raw_arrays(ds)
-    if raw is not None:
-        return raw[0][0].numel()
+    source = _raw_source(ds)
+    if source is not None:  # no copy: one image's size is enough
+        return source[0][0].size
     for i in range(min(len(ds), 64)):  # the first readable one; decode_images names the others
         try:
             return _to_uint8_chw(ds[i])[0].numel()
