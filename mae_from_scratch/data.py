@@ -278,30 +278,43 @@ class ClassFolder(ImageFolder):
     file it cannot read and, given ``classes``, uses that label order.
 
     With ``classes`` every listed class must have a folder (other folders are
-    ignored).  Build it through :func:`image_folder`, which checks the folder first.
+    ignored).  With ``classes`` and ``partial=True`` (a test split labelled with its
+    train split's classes) a class may have no folder (``missing_classes`` lists
+    them), and a folder the list lacks is refused: its images would have no label.
+    Build it through :func:`image_folder`, which checks the folder first.
     """
 
-    def __init__(self, root, classes=None):
+    def __init__(self, root, classes=None, partial: bool = False):
         # Set before ImageFolder's constructor, which calls find_classes.
         self.fixed_classes = None if classes is None else tuple(classes)
-        super().__init__(str(root), loader=_pil_loader)
+        self.partial = partial
+        self.missing_classes: list[str] = []
+        super().__init__(str(root), loader=_pil_loader, allow_empty=partial)
 
     def find_classes(self, directory):
         if self.fixed_classes is None:
             return super().find_classes(directory)
-        present = {p.name for p in Path(directory).iterdir() if p.is_dir()}
+        present = {p.name for p in Path(directory).iterdir() if p.is_dir() and not p.name.startswith(".")}
         missing = [c for c in self.fixed_classes if c not in present]
-        if missing:
+        if self.partial:
+            extra = sorted(present - set(self.fixed_classes))
+            if extra:
+                raise DataError(f"{directory} has class folders the train split lacks: {extra}; labels follow "
+                                f"the train split's classes {list(self.fixed_classes)}, so remove or rename "
+                                "these folders")
+            self.missing_classes = missing
+        elif missing:
             raise DataError(f"{directory} lacks the class folders {missing} (expected {list(self.fixed_classes)})")
         return list(self.fixed_classes), {c: i for i, c in enumerate(self.fixed_classes)}
 
 
-def image_folder(root, classes=None) -> ClassFolder:
+def image_folder(root, classes=None, partial: bool = False) -> ClassFolder:
     """A :class:`ClassFolder` on ``root/<class>/<image>``.
 
-    ``classes`` fixes the label order (e.g. CIFAR-10's).  Raises :class:`DataError`
-    naming the path for a missing or empty folder or a missing class folder; an
-    unreadable image raises when it is loaded, naming the file.
+    ``classes`` fixes the label order (e.g. CIFAR-10's, or a test split's train
+    classes with ``partial=True``).  Raises :class:`DataError` naming the path for a
+    missing or empty folder or a missing (or, with ``partial``, an extra) class
+    folder; an unreadable image raises when it is loaded, naming the file.
     """
     root = Path(root)
     if not root.is_dir():
@@ -312,11 +325,15 @@ def image_folder(root, classes=None) -> ClassFolder:
             " (put images in at least one subfolder)"
         )
     try:
-        return ClassFolder(root, classes)
+        folder = ClassFolder(root, classes, partial)
     except FileNotFoundError as e:
         raise DataError(
             f"no images in {root}: its class folders hold no files with an image extension {IMAGE_EXTENSIONS} ({e})"
         ) from e
+    if not folder.samples:
+        raise DataError(f"no images in {root}: its class folders hold no files with an image extension "
+                        f"{IMAGE_EXTENSIONS}")
+    return folder
 
 
 def _split_dir(root: Path, split: str, source=None) -> Path:
@@ -361,7 +378,7 @@ def _download_error(name: str, e: Exception) -> DataError:
 
 
 def build_dataset(name: str, split: str, data_path=None, transform=None, num_photos: int = 4096,
-                  photo_size: int = 64):
+                  photo_size: int = 64, classes=None):
     """The raw data set (items ``(PIL image or transformed tensor, label)``).
 
     Args:
@@ -372,6 +389,9 @@ def build_dataset(name: str, split: str, data_path=None, transform=None, num_pho
         transform: applied to the PIL image; ``None`` returns the PIL image.
         num_photos, photo_size: the number and side of the training crops of
             ``photos`` (its test split has a quarter as many).
+        classes: the train split's classes, to label a test split read from an
+            ImageFolder tree with the same class -> index map (a class may lack a
+            test folder; a test folder of another class is refused).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -388,7 +408,9 @@ def build_dataset(name: str, split: str, data_path=None, transform=None, num_pho
         root = None if data_path is None else _resolve_root(data_path)
         if root is not None and (root / "train").is_dir():
             source = data_path if is_archive(data_path) and Path(data_path).is_file() else None
-            return _Transformed(image_folder(_split_dir(root, split, source), info.classes), transform)
+            folder = image_folder(_split_dir(root, split, source), classes or info.classes,
+                                  partial=classes is not None)
+            return _Transformed(folder, transform)
         download_root = root if root is not None else data_cache_dir() / name
         try:
             if name == "cifar10":
@@ -412,7 +434,8 @@ def build_dataset(name: str, split: str, data_path=None, transform=None, num_pho
             raise DataError("--dataset imagefolder needs --data_path ROOT (with ROOT/train/<class>/<image>)")
         root = _resolve_root(data_path)
         source = data_path if is_archive(data_path) and Path(data_path).is_file() else None
-        return _Transformed(image_folder(_split_dir(root, split, source)), transform)
+        folder = image_folder(_split_dir(root, split, source), classes, partial=classes is not None)
+        return _Transformed(folder, transform)
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 

@@ -301,39 +301,6 @@ def check_args(args: argparse.Namespace) -> None:
     check_device(args.device, allow_mps=True, purpose="evaluation")
 
 
-def align_test_classes(train_ds, test_ds):
-    """Label the test split with the train split's class -> index map (in place).
-
-    A test split that lacks a class keeps the train split's labels for the
-    classes it has; a test class folder the train split lacks is refused
-    (:class:`~mae_from_scratch.data.DataError` naming the folders).  Returns the
-    train classes that have no test folder.
-    """
-    train_classes = getattr(train_ds, "classes", None)
-    test_classes = getattr(test_ds, "classes", None)
-    if not train_classes or not test_classes or list(train_classes) == list(test_classes):
-        return []
-    base = getattr(test_ds, "base", test_ds)
-    where = getattr(base, "root", "the test split")
-    extra = [c for c in test_classes if c not in train_classes]
-    if extra:
-        raise D.DataError(
-            f"{where} has class folders the train split lacks: {extra}; labels follow the train split's "
-            f"classes {list(train_classes)}, so remove or rename these folders"
-        )
-    if not hasattr(base, "samples"):
-        raise D.DataError(f"the test split's classes {list(test_classes)} differ from the train split's "
-                          f"{list(train_classes)} and this data set cannot be relabelled")
-    index = {c: i for i, c in enumerate(train_classes)}
-    old = list(base.classes)
-    base.samples = [(path, index[old[t]]) for path, t in base.samples]
-    base.imgs = base.samples
-    base.targets = [t for _, t in base.samples]
-    base.classes, base.class_to_idx = list(train_classes), dict(index)
-    test_ds.classes = base.classes
-    return [c for c in train_classes if c not in old]
-
-
 def _check_features(feats: torch.Tensor, split: str) -> None:
     if not torch.isfinite(feats).all():
         raise ValueError(f"the encoder's features on the {split} split are not finite (NaN or inf), so no "
@@ -373,8 +340,9 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     train_raw = D.build_dataset(dataset, "train", data_path, transform=t_eval)
     classes = getattr(train_raw, "classes", None)
-    test_raw = D.build_dataset(dataset, "test", data_path, transform=t_eval)
-    missing = align_test_classes(train_raw, test_raw)
+    # The test split is labelled with the train split's class -> index map.
+    test_raw = D.build_dataset(dataset, "test", data_path, transform=t_eval, classes=classes)
+    missing = getattr(getattr(test_raw, "base", None), "missing_classes", [])
     train_ds, train_loader = loader(train_raw, limit=args.max_train)
     test_ds, test_loader = loader(test_raw, limit=args.max_test)
     result = {"mode": args.mode, "checkpoint": str(args.checkpoint), "source": enc.source, "dataset": dataset,

@@ -18,7 +18,7 @@ from mae_from_scratch import data as D
 from mae_from_scratch import evaluate as E
 from mae_from_scratch.model import mae_vit_micro_patch4_32
 
-from _engine_helpers import make_image_folder
+from _engine_helpers import make_cifar_like_folder, make_image_folder
 
 MICRO = "mae_vit_micro_patch4_32"
 
@@ -201,10 +201,10 @@ def tree(tmp_path, folder):
 def test_test_split_missing_a_class_keeps_the_train_labels(tree, capsys):
     shutil.rmtree(tree / "test" / "a")
     train = D.build_dataset("imagefolder", "train", tree)
-    test = D.build_dataset("imagefolder", "test", tree)
-    assert test.classes == ["b", "c"] and set(test.base.targets) == {0, 1}  # what the folder alone says
-    assert E.align_test_classes(train, test) == ["a"]
-    assert test.classes == ["a", "b", "c"]
+    alone = D.build_dataset("imagefolder", "test", tree)
+    assert alone.classes == ["b", "c"] and set(alone.base.targets) == {0, 1}  # what the folder alone says
+    test = D.build_dataset("imagefolder", "test", tree, classes=train.classes)
+    assert test.base.missing_classes == ["a"] and test.classes == ["a", "b", "c"]
     assert {p.split("/")[-2]: t for p, t in test.base.samples} == {"b": 1, "c": 2}
     assert [t for _, t in (test[i] for i in range(len(test)))] == [1, 1, 2, 2]
 
@@ -233,3 +233,14 @@ def test_checkpoint_of_another_model_says_which(folder, ckpts, capsys, monkeypat
     argv[argv.index("--model") + 1] = "mae_vit_tiny_patch4_32"
     _refused(argv, r"official\.pth does not fit the model \(width 192, depth 12, patch 4, image 32\): "
                    r"missing keys \(\d+\): .* and \d+ more", capsys, monkeypatch)
+
+
+def test_cifar10_tree_with_a_test_class_missing_keeps_cifars_labels(tmp_path):
+    root = make_cifar_like_folder(tmp_path / "cifar", per_class=1)
+    shutil.rmtree(root / "test" / "airplane")
+    train = D.build_dataset("cifar10", "train", root)
+    test = D.build_dataset("cifar10", "test", root, classes=train.classes)
+    assert test.base.missing_classes == ["airplane"]
+    assert {p.split("/")[-2]: t for p, t in test.base.samples}["automobile"] == 1  # not shifted to 0
+    with pytest.raises(D.DataError, match="lacks the class folders \\['airplane'\\]"):
+        D.build_dataset("cifar10", "test", root)  # without the train classes CIFAR-10's ten are required
