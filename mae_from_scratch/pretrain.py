@@ -420,8 +420,9 @@ def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory:
             return images, sampler, loader, info
     args.loader = "pil"
     # Every image file decoded once now, so a broken one stops the run before its first step.
-    D.verify_images(base, num_workers=args.num_workers,
-                    progress=dist_info.is_main and not getattr(args, "no_progress", False))
+    # One process checks for all: under torchrun, its error ends the other ranks too.
+    if dist_info.is_main:
+        D.verify_images(base, num_workers=args.num_workers, progress=not getattr(args, "no_progress", False))
     dataset = D.MAEPretrainDataset(base, D.pretrain_transform(args.input_size, info.mean, info.std),
                                    num_patches, seed=args.seed)
     sampler = D.ResumableSampler(dataset, dist_info.world_size, dist_info.rank, seed=args.seed)
