@@ -95,6 +95,32 @@ def extract_features(model: MaskedAutoencoderViT, loader, pool: str = "cls", dev
     return torch.cat(feats), torch.cat(labels)
 
 
+@torch.no_grad()
+def encoder_attention(model: MaskedAutoencoderViT, imgs: torch.Tensor) -> torch.Tensor:
+    """The attention weights of every encoder block on all patches (no masking):
+    ``(N, depth, heads, 1 + L, 1 + L)``, token 0 the cls token.
+
+    Each block's attention input (the output of its ``norm1``) is caught with a
+    forward hook and the weights ``softmax(q k^T / sqrt(d))`` recomputed from its
+    ``attn.qkv``, the same numbers the fused kernel uses without storing them.
+    """
+    from einops import rearrange
+
+    model.eval()
+    inputs = []
+    hooks = [blk.norm1.register_forward_hook(lambda _m, _i, out: inputs.append(out)) for blk in model.blocks]
+    try:
+        model.forward_features(imgs.to(next(model.parameters()).device), pool="none")
+    finally:
+        for h in hooks:
+            h.remove()
+    maps = []
+    for blk, x in zip(model.blocks, inputs):
+        q, k, _ = rearrange(blk.attn.qkv(x), "n t (three h d) -> three n h t d", three=3, h=blk.attn.num_heads)
+        maps.append((q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1))
+    return torch.stack(maps, dim=1).float().cpu()
+
+
 # ----------------------------------------------------------------------------------
 # kNN
 @torch.no_grad()

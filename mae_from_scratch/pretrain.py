@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import socket
 import sys
 import time
@@ -66,6 +67,8 @@ from .model import MODELS, create_model
 from .optim import build_optimizer, effective_lr, lr_at
 from .precision import PRECISIONS, choose_precision
 from .presets import PRESETS, describe, get_preset
+from .run_record import RUN_RECORD, RunRecord, data_record
+from .snapshots import RECON_DIR, fixed_noise, heldout_images, reconstruction_rows, save_grid, snapshot_path
 
 LAST_CHECKPOINT = "checkpoint-last.pth"
 LOADERS = ("auto", "device", "pil")
@@ -136,6 +139,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--mount_drive", action="store_true",
                    help="Colab only: mount Google Drive at /content/drive first (put --output_dir there)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--recon_every", default=0, type=int,
+                   help="every N epochs (and before the first) save OUTPUT_DIR/recon/epoch-NNNN.png: the same "
+                        "held-out test images reconstructed under the same mask (0: never)")
+    p.add_argument("--recon_images", default=8, type=int, help="how many held-out images those pictures show")
     return p
 
 
@@ -202,6 +209,8 @@ def check_args(args) -> None:
     check_whole("max_images", args.max_images, 1, optional=True, hint="leave it out to train on every image")
     check_whole("max_steps", args.max_steps, 1, optional=True, hint="leave it out to train every epoch")
     check_whole("seed", args.seed, 0)
+    check_whole("recon_every", getattr(args, "recon_every", 0), 0, hint="0 saves no reconstruction pictures")
+    check_whole("recon_images", getattr(args, "recon_images", 8), 1)
     with torch.device("meta"):  # the configuration only
         cfg = create_model(args.model).config
     if args.input_size is not None:
@@ -332,8 +341,10 @@ class OutputLock:
 def _clear_old_run(out: Path, checkpoints: bool) -> None:
     """Starting over: the old run's logs go (and with ``checkpoints``, for --overwrite, its
     checkpoints), so nothing of it mixes with the new run."""
+    for p in sorted((out / RECON_DIR).glob("epoch-*.png")) if (out / RECON_DIR).is_dir() else []:
+        p.unlink()
     for p in out.iterdir():
-        if p.name in (EPOCH_LOG, STEP_LOG) or (checkpoints and re.fullmatch(r"checkpoint-(last|\d+)\.pth", p.name)):
+        if p.name in (EPOCH_LOG, STEP_LOG, RUN_RECORD) or (checkpoints and re.fullmatch(r"checkpoint-(last|\d+)\.pth", p.name)):
             p.unlink()
 
 
@@ -435,18 +446,28 @@ def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory:
     return dataset, sampler, loader, info
 
 
-def pretrain(args: argparse.Namespace | None = None, argv: list[str] | None = None, **kwargs) -> PretrainResult:
+def _command_line(argv, kwargs) -> str:
+    """How this run was asked for, as a user would type it (for run.json)."""
+    if argv is not None:
+        return shlex.join(["python", "-m", "mae_from_scratch.pretrain", *map(str, argv)])
+    return "pretrain(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"
+
+
+def pretrain(args: argparse.Namespace | None = None, argv: list[str] | None = None, *,
+             command: str | None = None, **kwargs) -> PretrainResult:
     """Pretrain an MAE; returns the model, the output folder and the metrics log path.
 
     Give either a parsed ``args`` namespace (from :func:`get_args_parser`), or
     command-line style ``argv``, or keywords named like the flags, e.g.
     ``pretrain(preset="cpu_smoke", output_dir="runs/smoke", epochs=3)``.
     """
+    if command is None:
+        command = _command_line(argv, kwargs) if args is None else "pretrain(args)"
     if args is None:
         args = _parse(argv, **kwargs)
     elif kwargs:
         args = argparse.Namespace(**{**vars(args), **kwargs})
-    for name, default in (("overwrite", False), ("loader", "auto")):
+    for name, default in (("overwrite", False), ("loader", "auto"), ("recon_every", 0), ("recon_images", 8)):
         if not hasattr(args, name):
             setattr(args, name, default)
     # Every check that can refuse the run comes first: nothing is loaded or written before it.
@@ -472,7 +493,7 @@ def pretrain(args: argparse.Namespace | None = None, argv: list[str] | None = No
             remove_stale_temporaries(out)
         dist_info, device = init_distributed(args.device)
         try:
-            return _pretrain(args, dist_info, device, ckpt, resume)
+            return _pretrain(args, dist_info, device, ckpt, resume, command)
         finally:
             cleanup_distributed()
     finally:
@@ -482,7 +503,8 @@ def pretrain(args: argparse.Namespace | None = None, argv: list[str] | None = No
                 out.rmdir()  # a refused run leaves no empty folder behind
 
 
-def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None, resume: str) -> PretrainResult:
+def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None, resume: str,
+              command: str) -> PretrainResult:
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = create_model(args.model, norm_pix_loss=args.norm_pix_loss,
                          **({"img_size": args.input_size} if args.input_size is not None else {}))
@@ -582,6 +604,26 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
               f"{dist_info.world_size} processes), lr {args.lr:.3g}, precision {precision.name} on {device}",
               flush=True)
 
+    # Reconstruction pictures of fixed held-out images (main process only).
+    snap = None
+    if args.recon_every and out is not None and is_main:
+        imgs, _, names = heldout_images(info.name, args.data_path, args.recon_images, args.input_size, info.mean,
+                                        info.std, seed=args.seed, num_photos=args.num_photos)
+        snap = (imgs, fixed_noise(imgs.shape[0], num_patches, args.seed))
+
+    def save_snapshot(epochs_done: int) -> None:
+        if snap is not None:
+            rows = reconstruction_rows(model, snap[0], info.mean, info.std, args.mask_ratio, snap[1])
+            save_grid(rows, snapshot_path(out, epochs_done))
+
+    record = RunRecord(out, enabled=is_main)
+    record.start(args={k: v for k, v in vars(args).items()}, device=device,
+                 data=data_record(info.name, args.data_path, len(dataset)), epochs_scheduled=args.epochs,
+                 resumed=start_epoch > 0 or start_step > 0, command=command)
+    images_seen = [0]
+    if start_step == 0 and start_epoch % max(args.recon_every, 1) == 0:
+        save_snapshot(start_epoch)
+
     last_ckpt: Path | None = None
     last_loss = [None]
 
@@ -603,6 +645,7 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
 
     def after_step(s: StepInfo) -> None:
         last_loss[0] = s.loss
+        images_seen[0] += eff_batch
         if is_main:
             writer.log_step({"step": s.global_step, "epoch": s.epoch, "epoch_step": s.epoch_step,
                              "loss": s.loss, "lr": s.lr, "images_per_s": s.images_per_s})
@@ -638,6 +681,9 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
             epoch_log.append(row)
             writer.log_epoch(row)
             save(epoch, steps_per_epoch)
+            if args.recon_every and ((epoch + 1) % args.recon_every == 0 or epoch + 1 == args.epochs):
+                save_snapshot(epoch + 1)
+            record.update(epochs_run=epoch + 1, images=images_seen[0], last_train_loss=meter.loss)
             if is_main and (epoch % args.save_freq == 0 or epoch + 1 == args.epochs):
                 save(epoch, steps_per_epoch, name=f"checkpoint-{epoch}.pth")
             start_step, meter = 0, EpochMeter()
@@ -649,6 +695,8 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
                 f", loss {loss:.4g})" if loss is not None else ")")
         raise NonFiniteLossError(f"{e}{where}. Try a lower --blr, --clip_grad 1.0 or --precision fp32.") from e
     barrier()
+    record.update(epochs_run=(epoch_log[-1]["epoch"] + 1) if epoch_log else start_epoch, images=images_seen[0],
+                  finished=not stopped)
     if is_main:
         msg = "stopped at --max_steps" if stopped else "done"
         print(f"{msg} in {time.perf_counter() - t_start:.1f} s", flush=True)
@@ -658,8 +706,9 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
 
 def main(argv=None) -> int:
     try:
-        args = _parse(sys.argv[1:] if argv is None else argv)
-        result = pretrain(args)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = _parse(argv)
+        result = pretrain(args, command=_command_line(argv, {}))
     except (InputError, NonFiniteLossError, D.DataError, CheckpointMismatchError, FileNotFoundError,
             ValueError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)

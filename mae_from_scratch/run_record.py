@@ -1,0 +1,174 @@
+"""``run.json``: what produced a run, written next to its logs as the run goes.
+
+A number or a picture from a training run means little without its record: the
+hardware and software it ran on, the code (git commit), the exact command and
+flags, the data, and how long it took.  :class:`RunRecord` writes that record
+into the output folder when the run starts and rewrites it (atomically) at every
+epoch end, so a run that is killed still leaves an honest record of how far it
+got.  A resumed run adds a segment instead of starting a new record.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RUN_RECORD = "run.json"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from ``/proc/cpuinfo`` on Linux, else ``platform``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device | str = "cpu") -> dict:
+    """The machine, in words and numbers: GPU model (when the run uses one), CPU model and cores."""
+    device = torch.device(device)
+    info = {
+        "device": str(device),
+        "cpu": cpu_model(),
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["gpu_count"] = torch.cuda.device_count()
+        info["cuda"] = torch.version.cuda
+    info["summary"] = (f"{info['gpu']} GPU" if "gpu" in info else
+                       f"CPU only: {info['cpu']}, {info['cpu_cores']} cores")
+    return info
+
+
+def git_commit(path: Path | str | None = None) -> str | None:
+    """The commit the package's source folder is at (with ``+changes`` when its tracked
+    files differ from it), or ``None`` outside a git checkout."""
+    here = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+changes" if dirty else "")
+
+
+def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_record(dataset: str, data_path, num_images: int) -> dict:
+    """The data a run read: its name, path, size and, for an archive file, its sha256."""
+    rec = {"dataset": dataset, "data_path": None if data_path is None else str(data_path),
+           "train_images": num_images}
+    if data_path is not None and Path(data_path).is_file():
+        rec["sha256"] = file_sha256(data_path)
+    return rec
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished child processes."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunRecord:
+    """``OUTPUT_DIR/run.json``, kept up to date while the run goes.
+
+    ``segments`` holds one entry per process that trained in the folder (the first
+    run and each resume), each with its own wall and CPU time; the totals sum them.
+    """
+
+    def __init__(self, folder: Path | str | None, enabled: bool = True):
+        self.path = Path(folder) / RUN_RECORD if folder else None
+        self.enabled = enabled and self.path is not None
+        self.record: dict = {}
+        self._t0 = time.perf_counter()
+        self._cpu0 = cpu_seconds()
+
+    def start(self, *, args: dict, device, data: dict, epochs_scheduled: int, resumed: bool,
+              command: str | None = None, note: str | None = None) -> None:
+        if not self.enabled:
+            return
+        old = {}
+        if resumed and self.path.is_file():
+            try:
+                old = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                old = {}
+        self.record = {
+            "started": old.get("started", _now()),
+            "hardware": hardware(device),
+            "git_commit": git_commit(),
+            "command": command if command is not None else " ".join(sys.argv),
+            "preset": args.get("preset"),
+            "seed": args.get("seed"),
+            "args": args,
+            "data": data,
+            "epochs_scheduled": epochs_scheduled,
+            "epochs_run": old.get("epochs_run", 0),
+            "segments": old.get("segments", []),
+        }
+        if note:
+            self.record["note"] = note
+        self.record["segments"].append({"started": _now(), "wall_s": 0.0, "cpu_s": 0.0, "images": 0,
+                                        "git_commit": self.record["git_commit"],
+                                        "hardware": self.record["hardware"]["summary"]})
+        self._write()
+
+    def update(self, *, epochs_run: int, images: int, finished: bool = False, **extra) -> None:
+        """Called at each epoch end (and at the end): times, images seen, epochs run."""
+        if not self.enabled or not self.record:
+            return
+        seg = self.record["segments"][-1]
+        seg["wall_s"] = round(time.perf_counter() - self._t0, 1)
+        seg["cpu_s"] = round(cpu_seconds() - self._cpu0, 1)
+        seg["images"] = images
+        segs = self.record["segments"]
+        wall = sum(s["wall_s"] for s in segs)
+        self.record.update(
+            epochs_run=epochs_run,
+            wall_s=round(wall, 1),
+            cpu_s=round(sum(s["cpu_s"] for s in segs), 1),
+            images_per_s=round(sum(s["images"] for s in segs) / wall, 1) if wall > 0 else None,
+            updated=_now(),
+            finished=finished,
+            **extra,
+        )
+        self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.record, indent=1, default=str) + "\n")
+        os.replace(tmp, self.path)

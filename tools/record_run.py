@@ -1,0 +1,267 @@
+"""Record a pretraining run for the book: train, evaluate, and keep the small artifacts.
+
+    nice -n 19 python tools/record_run.py --data_path ../shared/data/cifar10-jpeg.tar.gz \\
+        --preset cpu_cifar10 --budget_min 55 --out notebooks/recorded/cifar10-cpu-vit-micro
+
+1. A short throughput probe on the training device sets ``--epochs`` so that the
+   whole schedule (warmup and the full half-cosine) fits in ``--budget_min`` minutes
+   at the probed speed.  A schedule is never cut short.
+2. The package's engine trains (``pretrain``), with reconstruction pictures of
+   fixed held-out test images every ``--recon_every`` epochs.  Its checkpoints
+   and full logs stay in ``--work``; they are not part of the record.
+3. The trained encoder and a randomly initialized one of the same shape are
+   evaluated on frozen features (kNN and linear probe, cls token and mean of the
+   patch tokens), beside a raw-pixel kNN.  Every setting is fixed beforehand (the
+   package's defaults): nothing is tuned on the test split, so each test number is
+   reported once.
+4. The attention weights of the trained encoder on the pictured held-out images,
+   and their reconstructions at mask ratios from 50% to 90%, are saved.
+
+Artifacts are copied into ``--out`` as soon as each exists, so a run stopped
+midway still leaves its record: ``run.json`` (the engine's record of hardware,
+commit, command, data, times), ``log.txt`` (per epoch), ``log_steps.jsonl``
+(every step of the first 100, then every 10th), ``recon/epoch-NNNN.png``,
+``mask_ratios.png``, ``attention.npz``, ``eval.json`` and ``record.json``
+(what this script did and how long each part took).  No checkpoint is copied;
+every file stays under 1 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mae_from_scratch import data as D  # noqa: E402
+from mae_from_scratch.evaluate import encoder_attention, knn_accuracy, linear_probe  # noqa: E402
+from mae_from_scratch.metrics import read_jsonl  # noqa: E402
+from mae_from_scratch.model import create_model  # noqa: E402
+from mae_from_scratch.pretrain import _parse, pretrain  # noqa: E402
+from mae_from_scratch.run_record import cpu_seconds, file_sha256, hardware  # noqa: E402
+from mae_from_scratch.snapshots import heldout_images, mask_ratio_rows, save_grid  # noqa: E402
+from mae_from_scratch.timing import train_step_images_per_s  # noqa: E402
+
+MASK_RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9)
+KNN = dict(k=20, temperature=0.07)
+PROBE = dict(epochs=90, blr=0.1, weight_decay=0.0)
+STEP_LOG_DENSE = 100  # every step of the first 100 is kept, then every 10th
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def copy_run_files(work: Path, out: Path) -> None:
+    """The small files of the run folder, into the record folder (the step log thinned)."""
+    for name in ("run.json", "log.txt"):
+        if (work / name).is_file():
+            shutil.copyfile(work / name, out / name)
+    steps = work / "log_steps.jsonl"
+    if steps.is_file():
+        rows = [r for r in read_jsonl(steps) if r["step"] <= STEP_LOG_DENSE or r["step"] % 10 == 0]
+        (out / "log_steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if (work / "recon").is_dir():
+        (out / "recon").mkdir(exist_ok=True)
+        for png in sorted((work / "recon").glob("epoch-*.png")):
+            shutil.copyfile(png, out / "recon" / png.name)
+
+
+@torch.no_grad()
+def features(model, loader, device):
+    """cls-token and mean-of-patch-token features of every image, and the labels."""
+    model.eval()
+    cls, mean, labels = [], [], []
+    for imgs, y in loader:
+        t = model.forward_features(imgs.to(device), pool="none")
+        cls.append(t[:, 0].float().cpu())
+        mean.append(t[:, 1:].mean(dim=1).float().cpu())
+        labels.append(torch.as_tensor(y))
+    return {"cls": torch.cat(cls), "mean": torch.cat(mean)}, torch.cat(labels)
+
+
+def evaluate_encoders(trained, args, device, out: Path, log) -> dict:
+    """kNN and linear probe for the trained and a random encoder, cls and mean; a raw-pixel kNN."""
+    t_eval = D.eval_transform(args.input_size, args.mean, args.std)
+    train = D.build_dataset(args.dataset, "train", args.data_path, transform=t_eval)
+    test = D.build_dataset(args.dataset, "test", args.data_path, transform=t_eval,
+                           classes=getattr(train, "classes", None))
+    num_classes = len(train.classes)
+    if args.eval_max:  # tiny dry runs only
+        train, test = D.subset(train, args.eval_max, args.seed), D.subset(test, args.eval_max // 4, args.seed)
+    loaders = {split: DataLoader(ds, batch_size=512, num_workers=args.num_workers)
+               for split, ds in (("train", train), ("test", test))}
+    torch.manual_seed(args.seed)
+    random = create_model(args.model, norm_pix_loss=args.norm_pix_loss).to(device)
+    result = {"protocol": {
+        "features": "encoder output after its final LayerNorm, all patches, no masking, no augmentation",
+        "knn": KNN, "linear_probe": {**PROBE, "batch_size": 256, "optimizer": "SGD momentum 0.9, cosine",
+                                     "head": "BatchNorm1d(affine=False) + Linear"},
+        "tuning": "none: every setting is the package's default, fixed before the run; the test split "
+                  "is evaluated once",
+        "train_images": len(train), "test_images": len(test), "num_classes": num_classes,
+        "random_encoder": f"{args.model} initialized with seed {args.seed}, untrained",
+    }}
+    write_json(out / "eval.json", result)
+    for name, model in (("trained", trained), ("random", random)):
+        t0 = time.perf_counter()
+        ftr, ytr = features(model, loaders["train"], device)
+        fte, yte = features(model, loaders["test"], device)
+        for pool in ("cls", "mean"):
+            knn = knn_accuracy(ftr[pool], ytr, fte[pool], yte, num_classes=num_classes, **KNN)
+            probe = linear_probe(ftr[pool], ytr, fte[pool], yte, num_classes, seed=args.seed, device=device, **PROBE)
+            result[f"{name}_{pool}"] = {"knn": round(knn, 4), "linear_probe": round(probe, 4)}
+            log(f"{name} encoder, {pool}: kNN {knn:.2%}, linear probe {probe:.2%}")
+            write_json(out / "eval.json", result)
+        result[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
+    # Raw pixels (the normalized 32x32x3 image as one vector): the floor any feature must beat.
+    pix_tr = torch.cat([x.flatten(1) for x, _ in loaders["train"]])
+    pix_te = torch.cat([x.flatten(1) for x, _ in loaders["test"]])
+    acc = knn_accuracy(pix_tr, ytr, pix_te, yte, num_classes=num_classes, **KNN)
+    result["raw_pixels"] = {"knn": round(acc, 4)}
+    log(f"raw pixels: kNN {acc:.2%}")
+    write_json(out / "eval.json", result)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="cpu_cifar10")
+    p.add_argument("--data_path", required=True, help="the CIFAR-10 ImageFolder archive (or a torchvision root)")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--budget_min", type=float, required=True,
+                   help="minutes the whole schedule may take at the probed speed")
+    p.add_argument("--efficiency", type=float, default=0.9,
+                   help="share of the probed model speed the full run is expected to reach")
+    p.add_argument("--out", required=True, help="the record folder the chapter reads")
+    p.add_argument("--work", default=".cache/recorded-run", help="run folder (checkpoints, full logs)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--recon_every", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="skip the probe and train this many epochs")
+    p.add_argument("--max_images", type=int, default=None, help="tiny dry runs only")
+    p.add_argument("--eval_max", type=int, default=None, help="tiny dry runs only: evaluate on this many images")
+    a = p.parse_args(argv)
+
+    out, work = Path(a.out), Path(a.work)
+    out.mkdir(parents=True, exist_ok=True)
+    t_all, cpu_all = time.perf_counter(), cpu_seconds()
+    record = {"script": "tools/record_run.py", "argv": sys.argv[1:] if argv is None else list(argv),
+              "niceness": os.nice(0), "parts": {}}
+    lines = []
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        lines.append(msg)
+        record["messages"] = lines
+        write_json(out / "record.json", record)
+
+    overrides = {k: v for k, v in dict(data_path=a.data_path, dataset=a.dataset, device=a.device,
+                                       recon_every=a.recon_every, max_images=a.max_images).items()
+                 if v is not None}
+    args = _parse(["--preset", a.preset], **overrides)
+    device = torch.device(args.device)
+    n_train = a.max_images or len(D.build_dataset(args.dataset, "train", args.data_path))
+
+    # 1. The probe: model-only training steps at the preset's batch size.
+    if a.epochs is None:
+        t0 = time.perf_counter()
+        probe = train_step_images_per_s(create_model(args.model, norm_pix_loss=True), args.batch_size, device,
+                                        args.precision, steps=8, warmup=3, compile=False)
+        ips = probe["images_per_s"] * a.efficiency
+        epochs = max(2, math.floor(a.budget_min * 60 * ips / n_train))
+        record["probe"] = {"model_images_per_s": round(probe["images_per_s"], 1), "efficiency": a.efficiency,
+                           "planned_images_per_s": round(ips, 1), "train_images": n_train,
+                           "budget_min": a.budget_min, "epochs": epochs,
+                           "seconds": round(time.perf_counter() - t0, 1)}
+        log(f"probe: {probe['images_per_s']:.0f} img/s for the model alone; {epochs} epochs of {n_train} images "
+            f"fit {a.budget_min} min at {ips:.0f} img/s")
+    else:
+        epochs = a.epochs
+    warmup = min(args.warmup_epochs, max(1, epochs // 10))
+    command = ["--preset", a.preset, "--data_path", str(args.data_path), "--dataset", args.dataset,
+               "--epochs", str(epochs), "--warmup_epochs", str(warmup), "--output_dir", str(work),
+               "--overwrite", "--no_progress", "--device", str(device)]
+    if a.recon_every is not None:
+        command += ["--recon_every", str(a.recon_every)]
+    if a.max_images is not None:
+        command += ["--max_images", str(a.max_images)]
+    record["pretrain_argv"] = command
+    log("pretrain: python -m mae_from_scratch.pretrain " + " ".join(command))
+
+    # 2. Pretraining; the record folder is refreshed at every epoch end (a background copy).
+    t0 = time.perf_counter()
+    import threading
+
+    stop = threading.Event()
+
+    def refresh():
+        while not stop.wait(30):
+            try:
+                copy_run_files(work, out)
+            except (OSError, ValueError):
+                pass
+
+    th = threading.Thread(target=refresh, daemon=True)
+    th.start()
+    try:
+        from mae_from_scratch.pretrain import _command_line
+
+        result = pretrain(argv=command, command=_command_line(command, {}))
+    finally:
+        stop.set()
+        th.join()
+        copy_run_files(work, out)
+    record["parts"]["pretrain_s"] = round(time.perf_counter() - t0, 1)
+    log(f"pretraining done in {record['parts']['pretrain_s']:.0f} s")
+    run_args = _parse(command)
+    run_args.input_size = result.model.img_size
+    info = D.dataset_info(run_args.dataset)
+    run_args.mean, run_args.std = list(info.mean), list(info.std)
+    run_args.eval_max = a.eval_max
+    model = result.model.eval()
+
+    # 3. Mask ratios and attention, on the pictured held-out images.
+    t0 = time.perf_counter()
+    imgs, labels, names = heldout_images(run_args.dataset, run_args.data_path, run_args.recon_images,
+                                         run_args.input_size, info.mean, info.std, seed=run_args.seed)
+    save_grid(mask_ratio_rows(model, imgs, info.mean, info.std, MASK_RATIOS, seed=run_args.seed),
+              out / "mask_ratios.png")
+    att = encoder_attention(model, imgs)  # (n, depth, heads, T, T)
+    np.savez_compressed(out / "attention.npz", cls_to_patches=att[:, :, :, 0, 1:].numpy().astype(np.float16),
+                        last_block=att[:, -1].numpy().astype(np.float16), labels=np.array(labels),
+                        names=np.array(names), mask_ratios=np.array(MASK_RATIOS))
+    record["parts"]["pictures_s"] = round(time.perf_counter() - t0, 1)
+    record["heldout_images"] = names
+    log("saved mask_ratios.png and attention.npz")
+
+    # 4. Frozen-feature evaluation.
+    t0 = time.perf_counter()
+    evaluate_encoders(model, run_args, device, out, log)
+    record["parts"]["evaluation_s"] = round(time.perf_counter() - t0, 1)
+    record["wall_s"] = round(time.perf_counter() - t_all, 1)
+    record["cpu_s"] = round(cpu_seconds() - cpu_all, 1)
+    record["hardware"] = hardware(device)
+    if Path(str(args.data_path)).is_file():
+        record["data_sha256"] = file_sha256(args.data_path)
+    record["data_note"] = ("a JPEG re-encoding of CIFAR-10 (Krizhevsky, 2009): close to, not identical with, "
+                           "the original images")
+    log(f"all done in {record['wall_s']:.0f} s wall, {record['cpu_s']:.0f} s CPU")
+    copy_run_files(work, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
