@@ -439,6 +439,52 @@ def build_dataset(name: str, split: str, data_path=None, transform=None, num_pho
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 
+@dataclass(frozen=True)
+class DataChoice:
+    """Which data a notebook's live cells read, and a sentence saying so."""
+
+    dataset: str
+    data_path: str | None
+    source: str
+
+
+SHARED_CIFAR10 = Path("shared") / "data" / "cifar10-jpeg.tar.gz"
+
+
+def locate_cifar10(download: bool = True, search_from=None, timeout_s: float = 30.0) -> DataChoice:
+    """CIFAR-10 for the live cells, from the first of these that works:
+
+    1. the archive named by ``$MAE_CIFAR10_TAR`` (an ImageFolder ``.tar.gz``);
+    2. ``shared/data/cifar10-jpeg.tar.gz`` beside this folder or one of its parents
+       (where the book is built);
+    3. torchvision's download (``download=True`` and a network);
+    4. else the offline photo crops (:mod:`~mae_from_scratch.photos`), held-out strip as test split.
+    """
+    env = os.environ.get("MAE_CIFAR10_TAR")
+    if env and Path(env).is_file():
+        return DataChoice("cifar10", env, f"CIFAR-10 from the archive named by MAE_CIFAR10_TAR ({env})")
+    here = Path(search_from or Path.cwd()).resolve()
+    for folder in [here, *here.parents][:5]:
+        candidate = folder / SHARED_CIFAR10
+        if candidate.is_file():
+            return DataChoice("cifar10", str(candidate), f"CIFAR-10 from the local archive {candidate}")
+    if download:
+        import socket
+
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout_s)  # no network: fail in seconds, not hang
+        try:
+            for split in ("train", "test"):
+                build_dataset("cifar10", split)
+            return DataChoice("cifar10", None, f"CIFAR-10 from torchvision's download (in {data_cache_dir()})")
+        except DataError:
+            pass
+        finally:
+            socket.setdefaulttimeout(old)
+    return DataChoice("photos", None, "no CIFAR-10 here (no archive, no network): crops of the package's "
+                                      "photographs, tested on the held-out strip of each photo")
+
+
 class _Transformed(torch.utils.data.Dataset):
     """Apply ``transform`` to the image of ``(image, label)`` items (or pass through)."""
 

@@ -56,7 +56,7 @@ def hardware(device: torch.device | str = "cpu") -> dict:
         info["gpu_count"] = torch.cuda.device_count()
         info["cuda"] = torch.version.cuda
     info["summary"] = (f"{info['gpu']} GPU" if "gpu" in info else
-                       f"CPU only: {info['cpu']}, {info['cpu_cores']} cores")
+                       f"CPU only ({info['cpu']}, {info['cpu_cores']} cores)")
     return info
 
 
