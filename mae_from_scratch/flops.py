@@ -123,6 +123,9 @@ def mask_token_baseline_flops(model, batch_size: int = 1) -> EncoderDecoderFlops
     mask token in place of a patch costs no FLOPs, so the count is that of
     ``model`` at mask ratio 0: the encoder on ``1 + L`` tokens, then the
     decoder (``decoder_embed`` on ``1 + L`` tokens, nothing left to fill in).
+    The model runs this baseline with ``model(imgs, mask_ratio, noise,
+    encoder_mask_tokens=True)``, and the FLOPs counted on that run equal this
+    count at any mask ratio.
     """
     return encoder_decoder_flops(model, mask_ratio=0.0, batch_size=batch_size)
 

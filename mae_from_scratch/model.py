@@ -22,6 +22,11 @@ every size from it::
 
 Names of modules and parameters follow the official release, so its
 checkpoints load with ``strict=True`` (see :mod:`mae_from_scratch.checkpoint`).
+
+Two switches leave the state dict untouched.  ``forward(..., encoder_mask_tokens=True)``
+is the baseline of the paper's Table 2 ("encoder w/ [M]"): the encoder also
+processes a mask token in place of every removed patch.  :meth:`~MaskedAutoencoderViT.set_drop_path`
+turns on stochastic depth in the encoder for fine-tuning.
 """
 
 from __future__ import annotations
@@ -283,7 +288,8 @@ class MaskedAutoencoderViT(nn.Module):
             tokens = blk(tokens)
         return self.norm(tokens)
 
-    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None,
+                        encoder_mask_tokens: bool = False):
         """Encode only the visible patches.
 
         ``imgs``: ``(N, C, H, W)`` floating-point, normalized (other float dtypes
@@ -293,11 +299,48 @@ class MaskedAutoencoderViT(nn.Module):
 
         Returns ``latent (N, 1 + L_keep, D)`` (cls token first), ``mask (N, L)``
         and ``ids_restore (N, L)``.
+
+        With ``encoder_mask_tokens=True`` (the baseline of the paper's Table 2,
+        see :meth:`forward_encoder_with_mask_tokens`) the same mask is drawn but
+        ``latent`` is ``(N, 1 + L, D)``, every patch in its original order, and
+        ``ids_restore`` is returned as ``None``: there is nothing left to put back.
         """
+        if encoder_mask_tokens:
+            return self.forward_encoder_with_mask_tokens(imgs, mask_ratio, noise)
         # Positions are added *before* the shuffle, so each kept token still knows where it was.
         patch_tokens = self._embed_patches(imgs)
         visible, mask, ids_restore = random_masking(patch_tokens, mask_ratio, noise)  # (N, L_keep, D)
         return self._encode(visible), mask, ids_restore
+
+    def forward_encoder_with_mask_tokens(self, imgs: torch.Tensor, mask_ratio: float,
+                                         noise: torch.Tensor | None = None):
+        """The encoder of the paper's Table 2 baseline: all ``L`` positions, a mask token for each removed patch.
+
+        The mask is drawn exactly as in :meth:`forward_encoder` (same ``noise``,
+        same removed patches), then every removed patch's token is replaced by
+        the encoder's mask token plus that position's embedding, and the encoder
+        runs on ``1 + L`` tokens in patch order.
+
+        The encoder's mask token is a vector of zeros, so a removed position
+        carries its position embedding alone.  This mode exists to measure what
+        the shortcut of dropping the tokens saves (time and FLOPs): the cost
+        does not depend on the token's value, and a fixed zero vector keeps the
+        state dict, the buffers and the optimizer's parameter list exactly
+        those of the default model (official checkpoints still load strictly,
+        and the two modes train the same set of tensors when timed side by
+        side).  Training this baseline for accuracy would call for a learned
+        token instead, which is not provided here.
+
+        Returns ``latent (N, 1 + L, D)``, ``mask (N, L)`` (1 = removed) and ``None``.
+        The masked patches' pixels never reach the encoder.
+        """
+        patch_tokens = self._embed_patches(imgs)  # (N, L, D)
+        _, mask, _ = random_masking(patch_tokens, mask_ratio, noise)
+        # zeros + pos: the token's value is the zero vector, its position is still known
+        mask_tokens = self.pos_embed[:, 1:, :].to(patch_tokens.dtype).expand_as(patch_tokens)
+        removed = mask.bool().unsqueeze(-1)  # (N, L, 1)
+        tokens = torch.where(removed, mask_tokens, patch_tokens)  # (N, L, D)
+        return self._encode(tokens), mask, None
 
     def _fill_in_mask_tokens(self, visible: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """``(N, L_keep, D_dec)`` visible tokens in shuffled order -> ``(N, L, D_dec)`` in patch order.
@@ -313,11 +356,20 @@ class MaskedAutoencoderViT(nn.Module):
         # ... and patch j of the original order is the token at shuffled position ids_restore[j].
         return torch.gather(shuffled, 1, ids_restore.unsqueeze(-1).expand(-1, -1, width))
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """Predict the pixels of every patch: ``(N, 1 + L_keep, D) -> (N, L, p*p*C)``."""
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor | None) -> torch.Tensor:
+        """Predict the pixels of every patch: ``(N, 1 + L_keep, D) -> (N, L, p*p*C)``.
+
+        ``ids_restore=None`` means ``latent`` already holds every patch in its
+        original order, ``(N, 1 + L, D)``, as the mask-token encoder returns it
+        (:meth:`forward_encoder_with_mask_tokens`): the decoder then adds no mask tokens of its own.
+        """
         tokens = self.decoder_embed(latent)  # (N, 1 + L_keep, D_dec)
-        patch_tokens = self._fill_in_mask_tokens(tokens[:, 1:, :], ids_restore)  # (N, L, D_dec)
-        tokens = torch.cat([tokens[:, :1, :], patch_tokens], dim=1)  # the cls token stays in front
+        if ids_restore is not None:
+            patch_tokens = self._fill_in_mask_tokens(tokens[:, 1:, :], ids_restore)  # (N, L, D_dec)
+            tokens = torch.cat([tokens[:, :1, :], patch_tokens], dim=1)  # the cls token stays in front
+        elif tokens.shape[1] != 1 + self.patch_embed.num_patches:
+            raise ValueError(f"without ids_restore the latent must hold 1 + L = {1 + self.patch_embed.num_patches} "
+                             f"tokens in patch order, got {tokens.shape[1]}")
         tokens = tokens + self.decoder_pos_embed  # mask tokens are identical: only this tells them apart
         for blk in self.decoder_blocks:
             tokens = blk(tokens)
@@ -331,12 +383,19 @@ class MaskedAutoencoderViT(nn.Module):
             target = normalize_patches(target)
         return masked_mse_loss(pred, target, mask)
 
-    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None):
+    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
+                encoder_mask_tokens: bool = False):
         """One MAE step: returns ``loss ()``, ``pred (N, L, p*p*C)``, ``mask (N, L)``.
 
         ``imgs`` must be floating point; float16, bfloat16 and float64 images are
         cast to the parameters' dtype (see :meth:`prepare_images`), uint8 and
         other integer images are refused with a TypeError.
+
+        ``encoder_mask_tokens=True`` runs the paper's Table 2 baseline: the same
+        mask, loss and decoder, but the encoder processes all ``1 + L`` tokens,
+        a mask token in place of each removed patch
+        (:meth:`forward_encoder_with_mask_tokens`).  Same parameters, same
+        outputs' shapes; only the cost differs.
         """
         imgs = self.prepare_images(imgs)
         num_patches = self.patch_embed.num_patches
@@ -345,10 +404,27 @@ class MaskedAutoencoderViT(nn.Module):
                 f"mask_ratio={mask_ratio} removes no patch out of {num_patches}, so the loss "
                 "(an average over removed patches) would be 0/0; use a larger mask_ratio"
             )
-        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise, encoder_mask_tokens)
         pred = self.forward_decoder(latent, ids_restore)
         loss = self.forward_loss(imgs, pred, mask)
         return loss, pred, mask
+
+    def set_drop_path(self, rate: float) -> list[float]:
+        """Stochastic depth in the encoder blocks, rising linearly from 0 (first block) to ``rate`` (last).
+
+        The fine-tuning recipe of the paper (0.1 for ViT-B, 0.2 for ViT-L and
+        ViT-H); the decoder is left alone.  ``rate=0`` turns it off again,
+        which is the default (pretraining uses no drop path).  Nothing is added
+        to the state dict (:class:`~mae_from_scratch.transformer.DropPath` holds
+        no tensors).  Returns the rate of each block.
+        """
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate must be a number in [0, 1), got {rate!r}")
+        depth = len(self.blocks)
+        rates = [float(rate) * (i / (depth - 1)) if depth > 1 else float(rate) for i in range(depth)]
+        for blk, r in zip(self.blocks, rates):
+            blk.drop_path.p = r
+        return rates
 
     def forward_features(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
         """The encoder on *all* patches, in their original order (no masking, no shuffle).

@@ -181,9 +181,13 @@ def test_evaluate_in_process_on_our_and_official_checkpoints(tmp_path, folder):
     assert res["accuracy"] == _knn_on_folder(model, folder, k=3, pool="cls")
 
     args.mode, args.epochs, args.checkpoint = "finetune", 1, "random"
-    args.model, args.batch_size = "mae_vit_micro_patch4_32", 8
+    args.model, args.batch_size, args.val_images = "mae_vit_micro_patch4_32", 8, 6
     tuned = E.evaluate(args)
     assert tuned["source"] == "random" and tuned["epochs"] == 1 and tuned["test_images"] == 24
+    # 6 of the 24 training images are held out and scored after the epoch; the 18 others are trained on
+    assert tuned["train_images"] == 18 and tuned["val_images"] == 6 and len(tuned["val_accuracy"]) == 1
+    assert tuned["layer_decay"] == 1.0  # the from-scratch baseline: no layer decay, as the paper trains it
+    assert tuned["tuned"] is False and tuned["drop_path"] == 0.1 and tuned["smoothing"] == 0.1
 
     for pool in ("cls", "mean"):
         f, y = E.extract_features(model, [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))], pool=pool)
@@ -230,3 +234,64 @@ def test_knn_on_a_real_cifar10_subset_beats_chance():
                "--data_path", str(cifar_tar_path()), "--max_train", "1000", "--max_test", "300")
     assert res["dataset"] == "cifar10" and res["train_images"] == 1000 and res["test_images"] == 300
     assert res["accuracy"] > 0.15
+
+
+# ---------------------------------------------------------------------------------- honest evaluation
+def test_val_split_is_disjoint_complete_and_seeded():
+    tr, va = E.split_train_val(1000, val_images=150, seed=0)
+    assert len(va) == 150 and len(tr) == 850 and not set(tr) & set(va) and sorted(tr + va) == list(range(1000))
+    assert E.split_train_val(1000, 150, seed=0) == (tr, va)  # the same split every time
+    assert E.split_train_val(1000, 150, seed=1)[1] != va
+    assert va != list(range(150)) and va != list(range(850, 1000))  # a random draw, not a block
+    assert E.split_train_val(10, 0) == (list(range(10)), [])
+    with pytest.raises(ValueError, match="val_images=10 leaves nothing to train on"):
+        E.split_train_val(10, 10)
+
+
+def _noisy_clusters(seed):
+    # Overlapping classes with a fifth of the labels flipped: a larger k averages the noise away,
+    # so the choice of k matters.
+    x, y = _clusters(n_per_class=60, dim=8, classes=4, seed=0, spread=2.0)
+    g = torch.Generator().manual_seed(seed)
+    flip = torch.rand(len(y), generator=g) < 0.2
+    y = torch.where(flip, torch.randint(0, 4, y.shape, generator=g), y)
+    return x + 0.1 * torch.randn(x.shape, generator=g), y
+
+
+def test_tuning_chooses_the_best_val_candidate_and_never_the_test_labels():
+    xtr, ytr = _noisy_clusters(seed=1)
+    xte, yte = _noisy_clusters(seed=2)
+    shuffled = yte[torch.randperm(len(yte), generator=torch.Generator().manual_seed(3))]
+    for evaluation, key in ((E.knn_evaluation, "k"),
+                            (lambda *a, **kw: E.linear_probe_evaluation(*a, epochs=5, batch_size=32, **kw), "blr")):
+        res = evaluation(xtr, ytr, xte, yte, num_classes=4, tune=True, val_images=60, seed=0)
+        scores = res["val_accuracy"]
+        assert res["tuned"] is True and res["val_images"] == 60 and len(scores) == 3
+        best = max(scores.values())
+        assert E._key(res[key]) == next(c for c, a in scores.items() if a == best)  # first of the best
+        again = evaluation(xtr, ytr, xte, shuffled, num_classes=4, tune=True, val_images=60, seed=0)
+        assert again[key] == res[key] and again["val_accuracy"] == scores  # test labels play no part
+    # untuned: the given value, nothing held out
+    plain = E.knn_evaluation(xtr, ytr, xte, yte, k=7, num_classes=4)
+    assert plain == {"tuned": False, "k": 7, "temperature": 0.07,
+                     "accuracy": E.knn_accuracy(xtr, ytr, xte, yte, k=7, num_classes=4)}
+
+
+def test_choose_on_val_breaks_ties_by_order():
+    assert E.choose_on_val([50, 10, 20], {10: 0.5, 20: 0.7, 50: 0.7}.get) == (50, {50: 0.7, 10: 0.5, 20: 0.7})
+
+
+def test_knn_command_with_tune_reports_val_and_test_once(folder):
+    args = E.get_args_parser().parse_args(
+        ["knn", "--checkpoint", "random", "--model", "mae_vit_micro_patch4_32", "--data_path", str(folder),
+         "--dataset", "imagefolder", "--num_workers", "0", "--device", "cpu", "--no_progress", "--tune",
+         "--val_images", "6"])
+    res = E.evaluate(args)
+    assert res["tuned"] is True and set(res["val_accuracy"]) == {"10", "20", "50"} and res["val_images"] == 6
+    assert res["k"] in (10, 20, 50) and res["train_images"] == 24
+    # the test number is the chosen k with all 24 training images as neighbours
+    torch.manual_seed(0)
+    model = E.load_encoder("random", "mae_vit_micro_patch4_32").model
+    assert res["accuracy"] == _knn_on_folder(model, folder, k=res["k"], pool="cls")
+    args.tune = False
+    assert E.evaluate(args)["tuned"] is False

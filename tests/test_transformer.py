@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mae_from_scratch import Attention, Block, explicit_attention
+from mae_from_scratch.transformer import DropPath
 
 
 @settings(max_examples=25, deadline=None)
@@ -101,3 +102,39 @@ def test_block_shapes_and_names():
 def test_heads_must_divide_dim():
     with pytest.raises(ValueError, match="not divisible by num_heads"):
         Attention(10, 3)
+
+
+# ---------------------------------------------------------------------------------- drop path
+def test_drop_path_is_the_identity_in_eval_mode_and_at_rate_zero():
+    x = torch.randn(8, 5, 16)
+    dp = DropPath(0.5).eval()
+    assert torch.equal(dp(x), x)
+    off = DropPath(0.0).train()
+    assert torch.equal(off(x), x)
+    blk = Block(16, 4)
+    blk.train()
+    torch.manual_seed(0)
+    a = blk(x)
+    torch.manual_seed(1)
+    assert torch.equal(blk(x), a)  # rate 0 (the default): training is deterministic
+
+
+def test_drop_path_drops_whole_samples_and_keeps_the_mean():
+    torch.manual_seed(0)
+    dp = DropPath(0.25).train()
+    out = dp(torch.ones(4000, 3, 2))
+    per_sample = out.flatten(1)
+    # every sample is either all zeros or all 1 / 0.75
+    assert torch.all((per_sample == 0).all(1) | torch.isclose(per_sample, torch.tensor(1 / 0.75)).all(1))
+    dropped = (per_sample == 0).all(1).float().mean().item()
+    assert abs(dropped - 0.25) < 0.03  # binomial sd is 0.007
+    assert abs(out.mean().item() - 1.0) < 0.05
+
+
+def test_drop_path_adds_no_state_and_checks_its_rate():
+    plain, dropping = Block(16, 4), Block(16, 4, drop_path=0.3)
+    assert set(plain.state_dict()) == set(dropping.state_dict())
+    assert list(dropping.drop_path.parameters()) == [] and list(dropping.drop_path.buffers()) == []
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"drop path rate must be in \[0, 1\)"):
+            DropPath(bad)

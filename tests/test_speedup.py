@@ -1,0 +1,127 @@
+"""The paper's Table 2: an encoder that also processes mask tokens, and the timing of both."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mae_from_scratch import timing
+from mae_from_scratch.flops import count_flops, encoder_decoder_flops, flops_saving, mask_token_baseline_flops
+from mae_from_scratch.model import MaskedAutoencoderViT
+
+ROW_KEYS = {"decoder_depth", "mask_ratio", "ms_visible", "ms_mask_tokens", "speedup", "flop_ratio", "batch_size",
+            "steps", "precision", "device"}
+
+
+def _batch(model, n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    L = model.patch_embed.num_patches
+    return torch.randn(n, 3, model.img_size, model.img_size, generator=g), torch.rand(n, L, generator=g)
+
+
+def _tokens_seen_by_the_encoder(model, fn):
+    seen = []
+    hook = model.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    try:
+        fn()
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_mask_token_mode_has_the_same_outputs_shapes_and_a_full_length_encoder(micro_config):
+    model = MaskedAutoencoderViT(**micro_config)
+    imgs, noise = _batch(model)
+    L = model.patch_embed.num_patches  # 64
+    loss, pred, mask = model(imgs, 0.75, noise)
+    loss_t, pred_t, mask_t = model(imgs, 0.75, noise, encoder_mask_tokens=True)
+    assert pred_t.shape == pred.shape == (2, L, 4 * 4 * 3) and loss_t.shape == loss.shape == ()
+    assert torch.equal(mask_t, mask)  # the same noise removes the same patches
+    assert math.isfinite(loss_t.item()) and not torch.isclose(loss_t, loss)  # a different model of the same weights
+    assert _tokens_seen_by_the_encoder(model, lambda: model(imgs, 0.75, noise)) == [1 + L // 4]
+    assert _tokens_seen_by_the_encoder(model, lambda: model(imgs, 0.75, noise, encoder_mask_tokens=True)) == [1 + L]
+    latent, _, ids_restore = model.forward_encoder(imgs, 0.75, noise, encoder_mask_tokens=True)
+    assert latent.shape == (2, 1 + L, 48) and ids_restore is None
+
+
+def test_mask_token_mode_adds_no_state(micro_config):
+    model = MaskedAutoencoderViT(**micro_config)
+    keys, buffers = list(model.state_dict()), [n for n, _ in model.named_buffers()]
+    params = [n for n, _ in model.named_parameters()]
+    imgs, noise = _batch(model)
+    model(imgs, 0.75, noise, encoder_mask_tokens=True)[0].backward()
+    assert list(model.state_dict()) == keys and [n for n, _ in model.named_buffers()] == buffers == []
+    assert [n for n, _ in model.named_parameters()] == params
+    MaskedAutoencoderViT(**micro_config).load_state_dict(model.state_dict(), strict=True)
+
+
+def test_mask_token_mode_never_sees_the_removed_pixels(micro_config):
+    model = MaskedAutoencoderViT(**micro_config).eval()
+    imgs, noise = _batch(model)
+    _, _, mask = model(imgs, 0.75, noise)
+    # Scribble over the removed patches only: patch (i, j) of a 32-px image with 4-px patches.
+    scribbled = imgs.clone()
+    for n, l in mask.nonzero().tolist():
+        i, j = divmod(l, 8)
+        scribbled[n, :, 4 * i:4 * i + 4, 4 * j:4 * j + 4] = 100.0
+    with torch.no_grad():
+        latent, _, _ = model.forward_encoder(imgs, 0.75, noise, encoder_mask_tokens=True)
+        latent_s, _, _ = model.forward_encoder(scribbled, 0.75, noise, encoder_mask_tokens=True)
+    torch.testing.assert_close(latent_s, latent)
+
+
+def test_with_nothing_removed_both_encoders_make_the_same_prediction(micro_config):
+    # At mask ratio 0 the visible-only encoder sees every patch (in shuffled order) and the mask-token encoder
+    # sees every patch in patch order with no mask token; attention does not care about order, so after the
+    # decoder the predictions agree.
+    model = MaskedAutoencoderViT(**micro_config).eval()
+    imgs, noise = _batch(model)
+    with torch.no_grad():
+        latent, _, ids_restore = model.forward_encoder(imgs, 0.0, noise)
+        pred = model.forward_decoder(latent, ids_restore)
+        latent_t, mask, none = model.forward_encoder(imgs, 0.0, noise, encoder_mask_tokens=True)
+        pred_t = model.forward_decoder(latent_t, none)
+    assert mask.sum() == 0
+    torch.testing.assert_close(pred_t, pred, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(latent_t[:, 0], latent[:, 0], atol=1e-5, rtol=1e-4)  # the same cls token
+
+
+def test_mask_token_mode_costs_what_the_flop_counter_says(micro_config):
+    model = MaskedAutoencoderViT(**micro_config)
+    imgs, noise = _batch(model, n=3)
+    latent, _, _ = model.forward_encoder(imgs, 0.75, noise, encoder_mask_tokens=True)
+    counted = (count_flops(model.forward_encoder, imgs, 0.75, noise, encoder_mask_tokens=True)
+               + count_flops(model.forward_decoder, latent, None))
+    assert counted == mask_token_baseline_flops(model, batch_size=3).total
+    assert counted > encoder_decoder_flops(model, 0.75, batch_size=3).total
+
+
+def test_decoder_without_ids_restore_needs_every_patch(micro_config):
+    model = MaskedAutoencoderViT(**micro_config)
+    with pytest.raises(ValueError, match=r"without ids_restore the latent must hold 1 \+ L = 65 tokens"):
+        model.forward_decoder(torch.zeros(2, 17, 48), None)
+
+
+def test_speedup_rows_on_a_tiny_model(micro_config):
+    model = MaskedAutoencoderViT(**micro_config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = timing.mask_token_speedup(model, batch_size=2, mask_ratios=(0.5, 0.75), decoder_depths=(2, 1),
+                                     steps=2, warmup=1)
+    assert [(r["decoder_depth"], r["mask_ratio"]) for r in rows] == [(2, 0.5), (2, 0.75), (1, 0.5), (1, 0.75)]
+    for r in rows:
+        assert set(r) == ROW_KEYS
+        assert r["ms_visible"] > 0 and r["ms_mask_tokens"] > 0 and r["steps"] == 2 and r["precision"] == "fp32"
+        assert r["speedup"] == pytest.approx(r["ms_mask_tokens"] / r["ms_visible"])
+        assert r["flop_ratio"] > 1  # no thresholds on times: those belong in a benchmark, not a test
+    with torch.device("meta"):
+        meta = MaskedAutoencoderViT(model.config, decoder_depth=1)
+    assert rows[3]["flop_ratio"] == pytest.approx(flops_saving(meta, 0.75))
+    assert rows[1]["flop_ratio"] > rows[0]["flop_ratio"]  # more removed, more saved
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # timed on a copy
+    # the model's own decoder depth, and a config or a name as the architecture
+    (row,) = timing.mask_token_speedup(model.config, 1, mask_ratios=(0.75,), decoder_depths=None, steps=1, warmup=0)
+    assert row["decoder_depth"] == 1
+    with pytest.raises(TypeError, match="model must be a model name"):
+        timing.mask_token_speedup(42)
