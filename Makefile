@@ -17,7 +17,7 @@ PIPQUIET := { grep -v "is ignored: it is neither a file nor a directory" || true
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | $(PIPQUIET)
-	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | $(PIPQUIET)
+	$(BIN)/python -m pip install -q -e ".[dev,nbgrader]" 2>&1 | $(PIPQUIET)
 	$(BIN)/python -c "import mae_from_scratch, torch, transformers, nbval; print('installed torch', torch.__version__)"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3"
 	touch $@

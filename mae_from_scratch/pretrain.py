@@ -596,9 +596,10 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
     ddp_model = compile_model(ddp_model, args.compile)
 
     if is_main:
+        # Short lines: they are printed in notebooks, whose pages fit 88 characters.
         print(f"model {args.model} ({sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M "
-              f"trainable), data {info.name}: {len(dataset)} images at {args.input_size} px "
-              f"({args.loader} loader), "
+              "trainable)", flush=True)
+        print(f"data {info.name}: {len(dataset)} images at {args.input_size} px ({args.loader} loader), "
               f"{steps_per_epoch} steps/epoch", flush=True)
         print(f"effective batch {eff_batch} ({args.batch_size} x {args.accum_iter} accum x "
               f"{dist_info.world_size} processes), lr {args.lr:.3g}, precision {precision.name} on {device}",

@@ -1,0 +1,465 @@
+"""Student notebooks generated from the chapters, and their grading with nbval.
+
+The fast tests check the generated notebooks, the chapters' nbgrader metadata, the merge of
+the instructor's check cells into a submission and the book's solution toggle.  The slow ones
+run nbval on real submissions: the reference solutions pass, an untouched student notebook
+fails at its exercises only, plausible wrong answers fail with a helpful message, and a
+folder of awkward submissions gives exactly the expected table.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from docutils import nodes
+
+from mae_from_scratch import assignments as A
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = A.chapters(ROOT)
+SETTINGS = A.settings(ROOT)
+
+
+def _key(name: str):
+    return nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+
+
+def _student(name: str):
+    return A.student_notebook(_key(name), SETTINGS, f"{name}.ipynb")
+
+
+def _cell(nb, gid: str):
+    return next(c for c in nb.cells if A.grade_id(c) == gid)
+
+
+def _solved(name: str):
+    """The student notebook with the reference solutions pasted back."""
+    key, nb = _key(name), _student(name)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and A.is_solution(cell):
+            cell.source = _cell(key, A.grade_id(cell)).source
+    return nb
+
+
+def _with_solution(name: str, gid: str, source: str):
+    nb = _solved(name)
+    _cell(nb, gid).source = source
+    return nb
+
+
+# --------------------------------------------------------------------------------------
+# the chapters and the generated notebooks
+
+
+def test_chapters_come_from_the_toc(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    for name in ("01_a", "02_b", "09_c"):
+        nbformat.write(nbformat.v4.new_notebook(), tmp_path / "notebooks" / f"{name}.ipynb")
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: intro\nparts:\n  - chapters:\n"
+        "      - file: notebooks/02_b\n      - file: notebooks/01_a\n      - file: book/x\n")
+    assert [p.stem for p in A.chapters(tmp_path)] == ["02_b", "01_a"]  # 09_c is not listed
+    assert [p.stem for p in CHAPTERS][:7] == [
+        "01_patches", "02_masking", "03_positional_embeddings", "04_encoder", "05_decoder",
+        "06_loss", "07_the_whole_model"]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapters_carry_nbgrader_metadata(path):
+    nb = nbformat.read(path, as_version=4)
+    assert not A.annotate_notebook(copy.deepcopy(nb)), (
+        f"{path.name}: run `python -m mae_from_scratch.assignments annotate`")
+    ids = [A.grade_id(c) for c in nb.cells if A.grade_id(c)]
+    assert len(ids) == len(set(ids)), f"{path.name}: grade_ids repeat"
+    exercises = [c for c in nb.cells if c.cell_type == "code" and A.BEGIN_SOLUTION in c.source]
+    assert exercises and all(A.is_solution(c) and A.grade_id(c) for c in exercises)
+    assert all(A.is_check(c) for c in nb.cells if A.checks_output(c))
+
+
+def test_student_notebooks_are_up_to_date():
+    stale = A.generate(ROOT, ROOT / SETTINGS.folder, check=True)
+    assert not stale, (f"out of date: {stale}; run `python -m mae_from_scratch.assignments "
+                       f"generate --out {SETTINGS.folder}`")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_student_notebook_content(path):
+    key = nbformat.read(path, as_version=4)
+    nb = nbformat.read(ROOT / SETTINGS.folder / path.name, as_version=4)
+    text = "\n".join(c.source for c in nb.cells)
+    assert A.BEGIN_SOLUTION not in text and A.BEGIN_HIDDEN not in text
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    n_exercises = sum(c.cell_type == "code" and A.BEGIN_SOLUTION in c.source for c in key.cells)
+    assert text.count("raise NotImplementedError()") == n_exercises
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            if A.checks_output(cell):  # nbval compares it: the verdict stays
+                assert cell.outputs and cell.execution_count is not None
+            else:
+                assert not cell.outputs and cell.execution_count is None
+        if A.is_written(cell):
+            assert cell.source == A.ANSWER_STUB
+    setup = next(c for c in nb.cells if "setup" in c.metadata.get("tags", []))
+    assert f'{SETTINGS.url}@{SETTINGS.ref}"' in setup.source
+    link = A.colab_link(SETTINGS, path.name)
+    assert link.endswith(f"/blob/{SETTINGS.branch}/{SETTINGS.folder}/{path.name}")
+    assert link in nb.cells[1].source
+    # the grade_ids survive, so grading can find the student's cells
+    assert [A.grade_id(c) for c in nb.cells if A.grade_id(c)] == [
+        A.grade_id(c) for c in key.cells if A.grade_id(c)]
+
+
+def test_written_answers_are_graded_by_hand():
+    found = [(p.stem, A.grade_id(c)) for p in CHAPTERS
+             for c in nbformat.read(p, as_version=4).cells if A.is_written(c)]
+    assert len(found) >= 3
+    for path in CHAPTERS:
+        nb = nbformat.read(path, as_version=4)
+        for i, cell in enumerate(nb.cells):
+            if A.is_written(cell):
+                assert "graded by hand" in nb.cells[i - 1].source.lower()
+
+
+# --------------------------------------------------------------------------------------
+# nbgrader
+
+
+def test_nbgrader_is_an_optional_extra():
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any(r.startswith("nbgrader") for r in extras["nbgrader"])
+
+
+def _nbgrader():
+    if importlib.util.find_spec("nbgrader") is None:
+        pytest.fail("nbgrader is not installed: pip install -e '.[dev,nbgrader]'")
+    from nbgrader import preprocessors
+    return preprocessors
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_nbgrader_generates_the_assignment(path):
+    pre = _nbgrader()
+    nb = nbformat.read(path, as_version=4)
+    resources = {}
+    nb, resources = pre.ClearSolutions(enforce_metadata=True).preprocess(nb, resources)
+    nb, resources = pre.ClearHiddenTests(enforce_metadata=True).preprocess(nb, resources)
+    nb, resources = pre.LockCells().preprocess(nb, resources)
+    text = "\n".join(c.source for c in nb.cells)
+    assert A.BEGIN_SOLUTION not in text and A.BEGIN_HIDDEN not in text
+
+
+def test_nbgrader_refuses_solutions_without_metadata():
+    pre = _nbgrader()
+    nb = _key("02_masking")
+    for cell in nb.cells:
+        cell.metadata.pop("nbgrader", None)
+    with pytest.raises(RuntimeError, match="non-solution cell"):
+        pre.ClearSolutions(enforce_metadata=True).preprocess(nb, {})
+
+
+# --------------------------------------------------------------------------------------
+# merging the instructor's checks into a submission (no kernel)
+
+
+def test_deleted_and_edited_checks_are_put_back_in_place():
+    key, nb = _key("02_masking"), _solved("02_masking")
+    check = _cell(key, "restore_order-check")
+    nb.cells = [c for c in nb.cells if A.grade_id(c) != "restore_order-check"]
+    _cell(nb, "random_masking-check").source = "print('looks fine to me')"
+    merged, numbers, missing = A.grading_notebook(nb, key)
+    assert not missing
+    assert _cell(merged, "random_masking-check").source == _cell(key, "random_masking-check").source
+    assert A.BEGIN_HIDDEN in _cell(merged, "random_masking-check").source  # hidden tests back
+    i = next(i for i, c in enumerate(merged.cells) if A.grade_id(c) == "restore_order-check")
+    assert merged.cells[i].source == check.source
+    assert A.grade_id(merged.cells[i - 1]) == "restore_order"  # right after its exercise
+    assert set(numbers) == set(A.check_ids(key))
+
+
+def test_a_missing_exercise_is_reported():
+    key, nb = _key("02_masking"), _solved("02_masking")
+    nb.cells = [c for c in nb.cells if A.grade_id(c) != "mask_from_ids"]
+    assert A.grading_notebook(nb, key)[2] == ["mask_from_ids"]
+
+
+def test_calling_the_package_is_flagged():
+    nb = _with_solution("02_masking", "random_masking",
+                        "def random_masking(x, mask_ratio, noise=None):\n"
+                        "    return mae_from_scratch.random_masking(x, mask_ratio, noise)")
+    assert A.package_calls(nb) == ["random_masking uses mae_from_scratch."]
+    for path in CHAPTERS:  # the reference solutions write their own code
+        assert A.package_calls(nbformat.read(path, as_version=4)) == [], path.name
+
+
+# --------------------------------------------------------------------------------------
+# the book's solution toggle
+
+
+def _load_extension():
+    spec = importlib.util.spec_from_file_location(
+        "solution_toggle", ROOT / "book" / "_ext" / "solution_toggle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_solutions_fold_behind_a_toggle_and_hidden_tests_vanish():
+    ext = _load_extension()
+    exercise = ('def f(x):\n    """Twice x."""\n    ### BEGIN SOLUTION\n    return 2 * x\n'
+                '    ### END SOLUTION')
+    check = "assert f(1) == 2\n### BEGIN HIDDEN TESTS\nassert f(2) == 4\n### END HIDDEN TESTS"
+    doc = nodes.section()
+    doc += nodes.literal_block(exercise, exercise)
+    doc += nodes.literal_block(check, check)
+    assert ext.fold_solutions(doc) == 1
+    blocks = [b.astext() for b in doc.findall(nodes.literal_block)]
+    shown, folded, checked = blocks
+    assert shown == 'def f(x):\n    """Twice x."""\n    # YOUR CODE HERE\n    ...'
+    assert folded == 'def f(x):\n    """Twice x."""\n    return 2 * x'
+    assert checked == "assert f(1) == 2"
+    toggles = [c for c in doc.findall(nodes.container) if "toggle" in c["classes"]]
+    assert len(toggles) == 1 and toggles[0].astext().strip().endswith("return 2 * x")
+
+
+def test_the_book_loads_the_toggle():
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["sphinx"]["local_extensions"]["solution_toggle"] == "book/_ext"
+
+
+# --------------------------------------------------------------------------------------
+# grading with nbval (slow)
+
+
+def _grade(tmp_path, chapter: str, notebooks: dict, cell_timeout: float = 60, **kw):
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    for student, nb in notebooks.items():
+        if isinstance(nb, (str, bytes)):
+            mode = "wb" if isinstance(nb, bytes) else "w"
+            with open(folder / student, mode) as f:
+                f.write(nb)
+        else:
+            nbformat.write(nb, folder / f"{student}.ipynb")
+    out = tmp_path / "grades.csv"
+    _grade.handed_in = _digest(folder)
+    results = A.grade(folder, ROOT / "notebooks" / f"{chapter}.ipynb", out,
+                      cell_timeout=cell_timeout, quiet=True, **kw)
+    with out.open() as f:
+        rows = {r["student"]: r for r in csv.DictReader(f)}
+    return rows, {r.student: r for r in results}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_solved_passes_and_blank_fails_only_at_its_exercises(tmp_path, path):
+    name = path.stem
+    key = _key(name)
+    ids = A.check_ids(key)
+    # Chapters 8 and 9 train for real: their longest cells take a minute or more on 2 cores
+    # with two notebooks graded side by side (grade them with --cell-timeout 600 too).
+    timeout = 600 if name[:2] in ("08", "09") else 60
+    rows, results = _grade(tmp_path, name, {"solved": _solved(name), "blank": _student(name)},
+                           cell_timeout=timeout)
+    assert rows["solved"]["passed"] == str(len(ids)), results["solved"].checks
+    assert rows["solved"]["first_failure"] == ""
+    # Untouched: every check that grades an exercise fails with NotImplementedError, and
+    # nothing else does (the other cells do not use the student's functions).
+    for gid in ids:
+        ok, message = results["blank"].checks[gid]
+        assert not ok and message.startswith("NotImplementedError"), (gid, message)
+    blank_cells = results["blank"]
+    assert blank_cells.note == ""
+
+
+WRONG = {
+    # masking that keeps the largest noise
+    ("02_masking", "random_masking"): (
+        "def random_masking(x, mask_ratio, noise=None):\n"
+        "    n, L, d = x.shape\n"
+        "    len_keep = int(L * (1 - mask_ratio))\n"
+        "    noise = torch.rand(n, L) if noise is None else noise\n"
+        "    ids_shuffle = torch.argsort(noise, dim=1, descending=True)\n"
+        "    ids_restore = torch.argsort(ids_shuffle, dim=1)\n"
+        "    x_masked = torch.gather(\n"
+        "        x, 1, ids_shuffle[:, :len_keep].unsqueeze(-1).expand(-1, -1, d))\n"
+        "    mask = torch.ones(n, L)\n"
+        "    mask[:, :len_keep] = 0\n"
+        "    return x_masked, torch.gather(mask, 1, ids_restore), ids_restore\n",
+        "random_masking-check", "smallest noise"),
+    # unshuffling with ids_shuffle instead of ids_restore
+    ("02_masking", "restore_order"): (
+        "def restore_order(x_masked, mask_token, ids_restore):\n"
+        "    n, k, d = x_masked.shape\n"
+        "    L = ids_restore.shape[1]\n"
+        "    ids_shuffle = torch.argsort(ids_restore, dim=1)\n"
+        "    x_full = torch.cat([x_masked, mask_token.expand(n, L - k, d)], dim=1)\n"
+        "    return torch.gather(x_full, 1, ids_shuffle.unsqueeze(-1).expand(-1, -1, d))\n",
+        "restore_order-check", "not ids_shuffle"),
+    ("05_decoder", "unshuffle"): (
+        "def unshuffle(x, mask_token, ids_restore):\n"
+        "    n, t, d = x.shape\n"
+        "    L = ids_restore.shape[1]\n"
+        "    ids_shuffle = torch.argsort(ids_restore, dim=1)\n"
+        "    x_ = torch.cat([x[:, 1:], mask_token.expand(n, L + 1 - t, -1)], dim=1)\n"
+        "    x_ = torch.gather(x_, 1, ids_shuffle.unsqueeze(-1).expand(-1, -1, d))\n"
+        "    return torch.cat([x[:, :1], x_], dim=1)\n",
+        "unshuffle-check", "not ids_shuffle"),
+    # the loss over all patches
+    ("06_loss", "my_masked_mse_loss"): (
+        "def my_masked_mse_loss(pred, target, mask):\n"
+        "    return ((pred - target) ** 2).mean()\n",
+        "my_masked_mse_loss-check", "mean over all four patches"),
+}
+
+
+# Exercises whose text asks the student to use an earlier exercise of theirs.
+BUILT_ON = {"unshuffle": ("Decoder-check",),
+            "my_masked_mse_loss": ("my_forward_loss-check",)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", sorted({c for c, _ in WRONG}))
+def test_plausible_wrong_answers_fail_with_a_helpful_message(tmp_path, chapter):
+    cases = {f"{gid}": v for (c, gid), v in WRONG.items() if c == chapter}
+    subs = {gid: _with_solution(chapter, gid, src) for gid, (src, _, _) in cases.items()}
+    rows, results = _grade(tmp_path, chapter, subs)
+    ids = A.check_ids(_key(chapter))
+    for gid, (_, check, hint) in cases.items():
+        ok, message = results[gid].checks[check]
+        assert not ok and message.startswith("AssertionError") and hint in message, message
+        # Every other check passes, except the package check (it grades every exercise)
+        # and the checks of exercises the chapter builds on this one.
+        others = [g for g in ids
+                  if g not in (check, "package-check", *BUILT_ON.get(gid, ()))]
+        failed = [g for g in others if not results[gid].checks[g][0]]
+        assert not failed, results[gid].checks
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        h.update(str(p.relative_to(folder)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_a_class_folder_gives_the_expected_table(tmp_path):
+    ch = "02_masking"
+    solved = _solved(ch)
+    deleted = copy.deepcopy(solved)  # a check cell deleted: it comes back and passes
+    deleted.cells = [c for c in deleted.cells if A.grade_id(c) != "mask_from_ids-check"]
+    edited = copy.deepcopy(solved)  # a check replaced by a print: the real one runs
+    _cell(edited, "kept_at_both-check").source = "print('all good')"
+    _cell(edited, "kept_at_both").source = (
+        "def kept_at_both(noise, low, high):\n    return torch.tensor([19, 19, 19])")
+    no_exercise = copy.deepcopy(solved)  # the exercise cell deleted: 0 for its check
+    no_exercise.cells = [c for c in no_exercise.cells if A.grade_id(c) != "mask_from_ids"]
+    loops = _with_solution(ch, "mask_from_ids",
+                           "def mask_from_ids(ids_restore, len_keep):\n    while True:\n"
+                           "        pass")
+    crash = _with_solution(ch, "kept_at_both",
+                           "import os\n\n\ndef kept_at_both(noise, low, high):\n"
+                           "    os._exit(1)")
+    copier = _with_solution(ch, "random_masking",
+                            "def random_masking(x, mask_ratio, noise=None):\n"
+                            "    return mae_from_scratch.random_masking(x, mask_ratio, noise)")
+    subs = {"alice": solved, "bob": _student(ch), "carol": deleted, "dan": edited,
+            "erin": no_exercise, "frank": loops, "grace": crash, "heidi": copier,
+            "ivan.ipynb": "{ this is not json", "judy.pdf": b"%PDF-1.4 \x00\x01"}
+    rows, results = _grade(tmp_path, ch, subs, cell_timeout=15)
+    ids = ["random_masking-check", "restore_order-check", "mask_from_ids-check",
+           "kept_at_both-check", "package-check"]
+    assert list(rows["alice"])[:3 + len(ids)] == ["student", "passed", "total", *ids]
+    P, F = "pass", "fail"
+    expected = {
+        "alice": [P, P, P, P, P],
+        "bob": [F, F, F, F, F],
+        "carol": [P, P, P, P, P],
+        "dan": [P, P, P, F, P],
+        "erin": [P, P, F, P, P],
+        "frank": [P, P, F, P, P],
+        "grace": [P, P, P, F, F],
+        "heidi": [P, P, P, P, P],
+        "ivan": [F, F, F, F, F],
+        "judy": [F, F, F, F, F],
+    }
+    table = {s: [r[g] for g in ids] for s, r in rows.items()}
+    assert table == expected, table
+    for s, verdicts in expected.items():
+        assert rows[s]["passed"] == str(verdicts.count(P)) and rows[s]["total"] == "5"
+    why = {s: r["first_failure"] for s, r in rows.items()}
+    assert why["alice"] == "" and why["carol"] == "" and why["heidi"] == ""
+    assert why["bob"].startswith("random_masking-check: NotImplementedError")
+    assert why["dan"].startswith("kept_at_both-check: AssertionError")
+    assert why["erin"] == "mask_from_ids-check: the exercise cell mask_from_ids is missing"
+    assert why["frank"].startswith("mask_from_ids-check: Timeout of 15 seconds")
+    assert why["grace"].startswith("kept_at_both-check: the kernel died or stopped")
+    assert results["grace"].checks["package-check"][1].startswith("not run")
+    assert why["ivan"].startswith("not a notebook") and why["judy"].startswith("not a notebook")
+    assert rows["heidi"]["flags"].startswith("random_masking uses mae_from_scratch")
+    assert all(rows[s]["flags"] == "" for s in rows if s != "heidi")
+    # Each submission ran in a temporary copy: the folder is as it was handed in.
+    assert _digest(tmp_path / "submissions") == _grade.handed_in
+    assert (tmp_path / "grades.txt").read_text().count("\n") > 10
+
+
+@pytest.mark.slow
+def test_the_command_line(tmp_path):
+    folder = tmp_path / "subs" / "alice"  # one folder per student, nbgrader style
+    folder.mkdir(parents=True)
+    nbformat.write(_solved("01_patches"), folder / "01_patches.ipynb")
+    out = tmp_path / "grades.csv"
+    assert A.main(["--book", str(ROOT), "grade", str(tmp_path / "subs"), "--out", str(out),
+                   "--jobs", "1"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["student"], r["passed"], r["total"]) for r in rows] == [("alice", "1", "1")]
+    assert A.main(["--book", str(ROOT), "generate", "--out", str(tmp_path / "a")]) == 0
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [p.name for p in CHAPTERS]
+    assert sys.executable  # the grading runs nbval with this interpreter
+
+
+@pytest.mark.slow
+def test_the_toggle_in_a_sphinx_build_of_a_chapter(tmp_path):
+    """A real (small) Sphinx build with myst-nb: solutions folded, hidden tests gone."""
+    import subprocess
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "conf.py").write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'book' / '_ext')!r})\n"
+        "extensions = ['myst_nb', 'sphinx_togglebutton', 'solution_toggle']\n"
+        "nb_execution_mode = 'off'\n")
+    nb = _key("02_masking")
+    exercises = [c for c in nb.cells if A.BEGIN_SOLUTION in c.source or A.BEGIN_HIDDEN in c.source]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Exercises"), *exercises]
+    nbformat.write(nb, src / "index.ipynb")
+    out = subprocess.run([sys.executable, "-m", "sphinx", "-q", "-b", "html", str(src),
+                          str(tmp_path / "html")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    page = (tmp_path / "html" / "index.html").read_text()
+    n = sum(c.cell_type == "code" and A.BEGIN_SOLUTION in c.source for c in exercises)
+    assert page.count('class="toggle exercise-solution') == n
+    assert page.count("YOUR CODE HERE") == n
+    assert "BEGIN SOLUTION" not in page and "HIDDEN TESTS" not in page
+    import html
+    import re
+
+    text = html.unescape(re.sub(r"<[^>]+>", "", page))
+    assert "def random_masking(x, mask_ratio, noise=None):" in text  # the signature shows
