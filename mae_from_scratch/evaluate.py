@@ -268,6 +268,19 @@ def _key(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _tune_on_val(result: dict, train_labels, grid, val_images: int, seed: int, score):
+    """Hold ``val_images`` training images out (:func:`split_train_val`), score every
+    candidate in ``grid`` with ``score(train_idx, val_idx, candidate)``, record the scores in
+    ``result`` and return the best candidate (:func:`choose_on_val`)."""
+    tr, va = split_train_val(len(train_labels), val_images, seed)
+    if not va:
+        raise ValueError("tuning needs a validation split: val_images must be at least 1")
+    tr, va = torch.tensor(tr), torch.tensor(va)
+    chosen, scores = choose_on_val(list(grid), lambda c: score(tr, va, c))
+    result.update(val_accuracy={_key(c): a for c, a in scores.items()}, val_images=len(va), grid=list(grid))
+    return chosen
+
+
 def knn_evaluation(train_feats, train_labels, test_feats, test_labels, k: int = 20, temperature: float = 0.07,
                    num_classes: int | None = None, tune: bool = False, grid=KNN_GRID, val_images: int = 5000,
                    seed: int = 0) -> dict:
@@ -286,14 +299,8 @@ def knn_evaluation(train_feats, train_labels, test_feats, test_labels, k: int = 
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
     result = {"tuned": bool(tune)}
     if tune:
-        tr, va = split_train_val(len(train_labels), val_images, seed)
-        if not va:
-            raise ValueError("tuning needs a validation split: val_images must be at least 1")
-        tr, va = torch.tensor(tr), torch.tensor(va)
-        k, scores = choose_on_val(list(grid), lambda c: knn_accuracy(
+        k = _tune_on_val(result, train_labels, grid, val_images, seed, lambda tr, va, c: knn_accuracy(
             train_feats[tr], train_labels[tr], train_feats[va], train_labels[va], c, temperature, num_classes))
-        result.update(val_accuracy={_key(c): a for c, a in scores.items()}, val_images=len(va),
-                      grid=list(grid))
     acc = knn_accuracy(train_feats, train_labels, test_feats, test_labels, k, temperature, num_classes)
     result.update(k=k, temperature=temperature, accuracy=acc)
     return result
@@ -318,14 +325,8 @@ def linear_probe_evaluation(train_feats, train_labels, test_feats, test_labels, 
                       seed=seed, device=device)
     result = {"tuned": bool(tune)}
     if tune:
-        tr, va = split_train_val(len(train_labels), val_images, seed)
-        if not va:
-            raise ValueError("tuning needs a validation split: val_images must be at least 1")
-        tr, va = torch.tensor(tr), torch.tensor(va)
-        blr, scores = choose_on_val(list(grid), lambda c: linear_probe(
+        blr = _tune_on_val(result, train_labels, grid, val_images, seed, lambda tr, va, c: linear_probe(
             train_feats[tr], train_labels[tr], train_feats[va], train_labels[va], blr=c, **probe_args))
-        result.update(val_accuracy={_key(c): a for c, a in scores.items()}, val_images=len(va),
-                      grid=list(grid))
     acc = linear_probe(train_feats, train_labels, test_feats, test_labels, blr=blr, **probe_args)
     result.update(blr=blr, epochs=epochs, accuracy=acc)
     return result

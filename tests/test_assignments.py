@@ -107,7 +107,7 @@ def test_student_notebook_content(path):
         if A.is_written(cell):
             assert cell.source == A.ANSWER_STUB
     setup = next(c for c in nb.cells if "setup" in c.metadata.get("tags", []))
-    assert f'{SETTINGS.url}@{SETTINGS.ref}"' in setup.source
+    assert f'package = ("git+{SETTINGS.url}"\n               "@{SETTINGS.ref}")' in setup.source
     link = A.colab_link(SETTINGS, path.name)
     assert link.endswith(f"/blob/{SETTINGS.branch}/{SETTINGS.folder}/{path.name}")
     assert link in nb.cells[1].source
