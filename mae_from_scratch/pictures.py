@@ -269,44 +269,37 @@ def draw_architecture(img: torch.Tensor, mask: torch.Tensor, p: int, recon: torc
     return fig
 
 
-def show_rows(rows: torch.Tensor, row_titles=None, title: str | None = None, scale: float = 0.9):
-    """Pictures in a table: ``rows (R, n, 3, s, s)`` in ``[0, 1]``, one row of ``n`` per kind,
-    each row named on the left (e.g. :func:`~mae_from_scratch.snapshots.reconstruction_rows`)."""
-    r, n = rows.shape[:2]
-    fig, axes = plt.subplots(r, n, figsize=(n * scale + 1.6, r * scale + (0.4 if title else 0)), squeeze=False)
-    for i in range(r):
-        for j in range(n):
-            axes[i][j].imshow(to_numpy_image(rows[i, j]), interpolation="nearest")
-            axes[i][j].set_xticks([])
-            axes[i][j].set_yticks([])
-        if row_titles:
-            axes[i][0].set_ylabel(row_titles[i], rotation=0, ha="right", va="center", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def show_saved_grid(path, row_titles=None, title: str | None = None, ax=None, scale: float = 0.9):
-    """Show a grid PNG saved by :func:`~mae_from_scratch.snapshots.save_grid`, rows named on the left."""
-    import numpy as np
-    from PIL import Image
-
-    img = np.asarray(Image.open(path).convert("RGB"))
+def show_grid(img, row_titles=None, title: str | None = None, ax=None, scale: float = 0.9):
+    """Show one picture grid ``img`` (``(H, W, 3)`` array) with its rows named on the left."""
     if ax is None:
         h, w = img.shape[:2]
         _, ax = plt.subplots(figsize=(w / 34 * scale + 1.6, h / 34 * scale + (0.4 if title else 0)))
     ax.imshow(img, interpolation="nearest")
     ax.set_xticks([])
+    ax.set_yticks([(i + 0.5) * img.shape[0] / len(row_titles) for i in range(len(row_titles))]
+                  if row_titles else [])
     if row_titles:
-        h = img.shape[0]
-        ax.set_yticks([(i + 0.5) * h / len(row_titles) for i in range(len(row_titles))])
         ax.set_yticklabels(row_titles, fontsize=9)
         ax.tick_params(length=0)
-    else:
-        ax.set_yticks([])
     for side in ax.spines.values():
         side.set_visible(False)
     if title:
         ax.set_title(title, fontsize=10)
     return ax
+
+
+def show_rows(rows: torch.Tensor, row_titles=None, title: str | None = None, ax=None):
+    """Pictures in a table: ``rows (R, n, 3, s, s)`` in ``[0, 1]``, one row of ``n`` per kind
+    (e.g. :func:`~mae_from_scratch.snapshots.reconstruction_rows`), laid out as
+    :func:`~mae_from_scratch.snapshots.save_grid` saves them."""
+    from .snapshots import grid_image
+
+    return show_grid(to_numpy_image(grid_image(rows)), row_titles, title, ax)
+
+
+def show_saved_grid(path, row_titles=None, title: str | None = None, ax=None):
+    """Show a grid PNG saved by :func:`~mae_from_scratch.snapshots.save_grid`, rows named on the left."""
+    import numpy as np
+    from PIL import Image
+
+    return show_grid(np.asarray(Image.open(path).convert("RGB")), row_titles, title, ax)

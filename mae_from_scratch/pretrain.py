@@ -618,7 +618,7 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
             save_grid(rows, snapshot_path(out, epochs_done))
 
     record = RunRecord(out, enabled=is_main)
-    record.start(args={k: v for k, v in vars(args).items()}, device=device,
+    record.start(args=dict(vars(args)), device=device,
                  data=data_record(info.name, args.data_path, len(dataset)), epochs_scheduled=args.epochs,
                  resumed=start_epoch > 0 or start_step > 0, command=command)
     images_seen = [0]

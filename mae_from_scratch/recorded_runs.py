@@ -44,8 +44,7 @@ class RecordedRun:
 
     @property
     def hardware(self) -> str:
-        hw = self.run["hardware"]
-        return f"{hw['gpu']} GPU" if "gpu" in hw else f"CPU only ({hw['cpu']}, {hw['cpu_cores']} cores)"
+        return self.run["hardware"]["summary"]  # run_record.hardware's own words
 
     @property
     def date(self) -> str:

@@ -45,9 +45,8 @@ def heldout_images(dataset: str, data_path, n: int, input_size: int, mean, std, 
         raise D.DataError(f"the test split of {dataset} has {len(ds)} images; {n} held-out images were asked for")
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values.tolist()
     items = [ds[i] for i in idx]
-    files = D.image_files(ds)
-    names = [Path(files[i]).as_posix().split("/")[-2:] for i in idx] if files else [str(i) for i in idx]
-    names = ["/".join(x) if isinstance(x, list) else x for x in names]
+    files = D.image_files(ds)  # None for in-memory data sets: their index names the image
+    names = [f"{Path(files[i]).parent.name}/{Path(files[i]).name}" if files else str(i) for i in idx]
     return torch.stack([im for im, _ in items]), [int(y) for _, y in items], names
 
 
@@ -70,13 +69,18 @@ def reconstruction_rows(model, imgs: torch.Tensor, mean, std, mask_ratio: float 
     return torch.stack([orig, masked, pred, pasted]).clamp(0, 1)
 
 
-def save_grid(rows: torch.Tensor, path: Path | str) -> Path:
-    """Save ``rows (R, n, 3, s, s)`` as one PNG: ``R`` rows of ``n`` pictures, 1-pixel white gaps."""
+def grid_image(rows: torch.Tensor) -> torch.Tensor:
+    """``rows (R, n, 3, s, s)`` as one picture ``(3, H, W)``: ``R`` rows of ``n``, 1-pixel white gaps."""
     r, n = rows.shape[:2]
+    return make_grid(rows.reshape(r * n, *rows.shape[2:]), nrow=n, padding=1, pad_value=1.0)
+
+
+def save_grid(rows: torch.Tensor, path: Path | str) -> Path:
+    """Save :func:`grid_image` of ``rows`` as a PNG (written to a temporary name, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
-    save_image(make_grid(rows.reshape(r * n, *rows.shape[2:]), nrow=n, padding=1, pad_value=1.0), tmp)
+    save_image(grid_image(rows), tmp)
     tmp.replace(path)
     return path
 

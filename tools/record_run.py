@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -80,17 +81,24 @@ def copy_run_files(work: Path, out: Path) -> None:
             shutil.copyfile(png, out / "recon" / png.name)
 
 
+def decode(ds, num_workers: int):
+    """Every image of ``ds`` through its transform, once: ``(images, labels)`` tensors.
+    The features of both encoders and the raw-pixel kNN all read these."""
+    xs, ys = zip(*DataLoader(ds, batch_size=512, num_workers=num_workers))
+    return torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys])
+
+
 @torch.no_grad()
-def features(model, loader, device):
-    """cls-token and mean-of-patch-token features of every image, and the labels."""
+def features(model, images, device):
+    """cls-token and mean-of-patch-token features of ``images``, from one pass of the encoder
+    (``evaluate.extract_features`` gives one pooling per pass)."""
     model.eval()
-    cls, mean, labels = [], [], []
-    for imgs, y in loader:
-        t = model.forward_features(imgs.to(device), pool="none")
+    cls, mean = [], []
+    for x in images.split(512):
+        t = model.forward_features(x.to(device), pool="none")
         cls.append(t[:, 0].float().cpu())
         mean.append(t[:, 1:].mean(dim=1).float().cpu())
-        labels.append(torch.as_tensor(y))
-    return {"cls": torch.cat(cls), "mean": torch.cat(mean)}, torch.cat(labels)
+    return {"cls": torch.cat(cls), "mean": torch.cat(mean)}
 
 
 def evaluate_encoders(trained, args, device, out: Path, log) -> dict:
@@ -102,8 +110,8 @@ def evaluate_encoders(trained, args, device, out: Path, log) -> dict:
     num_classes = len(train.classes)
     if args.eval_max:  # tiny dry runs only
         train, test = D.subset(train, args.eval_max, args.seed), D.subset(test, args.eval_max // 4, args.seed)
-    loaders = {split: DataLoader(ds, batch_size=512, num_workers=args.num_workers)
-               for split, ds in (("train", train), ("test", test))}
+    xtr, ytr = decode(train, args.num_workers)
+    xte, yte = decode(test, args.num_workers)
     torch.manual_seed(args.seed)
     random = create_model(args.model, norm_pix_loss=args.norm_pix_loss).to(device)
     result = {"protocol": {
@@ -118,8 +126,7 @@ def evaluate_encoders(trained, args, device, out: Path, log) -> dict:
     write_json(out / "eval.json", result)
     for name, model in (("trained", trained), ("random", random)):
         t0 = time.perf_counter()
-        ftr, ytr = features(model, loaders["train"], device)
-        fte, yte = features(model, loaders["test"], device)
+        ftr, fte = features(model, xtr, device), features(model, xte, device)
         for pool in ("cls", "mean"):
             knn = knn_accuracy(ftr[pool], ytr, fte[pool], yte, num_classes=num_classes, **KNN)
             probe = linear_probe(ftr[pool], ytr, fte[pool], yte, num_classes, seed=args.seed, device=device, **PROBE)
@@ -128,9 +135,7 @@ def evaluate_encoders(trained, args, device, out: Path, log) -> dict:
             write_json(out / "eval.json", result)
         result[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
     # Raw pixels (the normalized 32x32x3 image as one vector): the floor any feature must beat.
-    pix_tr = torch.cat([x.flatten(1) for x, _ in loaders["train"]])
-    pix_te = torch.cat([x.flatten(1) for x, _ in loaders["test"]])
-    acc = knn_accuracy(pix_tr, ytr, pix_te, yte, num_classes=num_classes, **KNN)
+    acc = knn_accuracy(xtr.flatten(1), ytr, xte.flatten(1), yte, num_classes=num_classes, **KNN)
     result["raw_pixels"] = {"knn": round(acc, 4)}
     log(f"raw pixels: kNN {acc:.2%}")
     write_json(out / "eval.json", result)
@@ -142,8 +147,8 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="cpu_cifar10")
     p.add_argument("--data_path", required=True, help="the CIFAR-10 ImageFolder archive (or a torchvision root)")
     p.add_argument("--dataset", default="cifar10")
-    p.add_argument("--budget_min", type=float, required=True,
-                   help="minutes the whole schedule may take at the probed speed")
+    p.add_argument("--budget_min", type=float, default=None,
+                   help="minutes the whole schedule may take at the probed speed (or give --epochs)")
     p.add_argument("--efficiency", type=float, default=0.9,
                    help="share of the probed model speed the full run is expected to reach")
     p.add_argument("--out", required=True, help="the record folder the chapter reads")
@@ -154,6 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--max_images", type=int, default=None, help="tiny dry runs only")
     p.add_argument("--eval_max", type=int, default=None, help="tiny dry runs only: evaluate on this many images")
     a = p.parse_args(argv)
+    if (a.budget_min is None) == (a.epochs is None):
+        p.error("give one of --budget_min (the probe sets --epochs) and --epochs")
 
     out, work = Path(a.out), Path(a.work)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,8 +210,6 @@ def main(argv=None) -> int:
 
     # 2. Pretraining; the record folder is refreshed at every epoch end (a background copy).
     t0 = time.perf_counter()
-    import threading
-
     stop = threading.Event()
 
     def refresh():
@@ -217,9 +222,7 @@ def main(argv=None) -> int:
     th = threading.Thread(target=refresh, daemon=True)
     th.start()
     try:
-        from mae_from_scratch.pretrain import _command_line
-
-        result = pretrain(argv=command, command=_command_line(command, {}))
+        result = pretrain(argv=command)  # run.json records the command as these flags
     finally:
         stop.set()
         th.join()
