@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make book   build the book into _build/html (creates .venv, installs, executes every chapter)
+#   make book   build the book into _build/html (creates .venv, installs, executes every chapter
+#               whose code or inputs changed since the last build: on a fresh clone, all of them)
 #   make test   run every check: unit tests, nbval on every chapter, the book build
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
@@ -35,8 +36,19 @@ $(MATHJAX):
 
 mathjax: $(MATHJAX)
 
+# Executed chapters are kept in jupyter-cache (_config.yml: execute_notebooks: cache), which
+# matches a chapter by its code cells alone; tools/book_inputs.py sums up the rest they run on
+# (the package, the installed versions, Python, _config.yml). When that sum changes, the cache
+# and Sphinx's saved state are emptied, so every chapter runs again. A fresh clone has neither.
+JCACHE := _build/.jupyter_cache
+
 book: venv
 	@$(MAKE) --no-print-directory mathjax
+	@sum=$$($(BIN)/python tools/book_inputs.py); \
+	if [ "$$(cat $(JCACHE)/inputs.sha256 2>/dev/null)" != "$$sum" ]; then \
+	  if [ -d $(JCACHE) ]; then echo "the chapters' inputs changed: emptying $(JCACHE), every chapter runs again"; fi; \
+	  rm -rf $(JCACHE) _build/.doctrees && mkdir -p $(JCACHE) && echo "$$sum" > $(JCACHE)/inputs.sha256; \
+	fi
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
 
 test: book

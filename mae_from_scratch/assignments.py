@@ -4,6 +4,7 @@
     python -m mae_from_scratch.assignments generate --out assignments
     python -m mae_from_scratch.assignments generate --out assignments --check
     python -m mae_from_scratch.assignments grade SUBMISSIONS_DIR --out grades.csv
+    python -m mae_from_scratch.assignments grade SUBMISSIONS_DIR --data cifar10-jpeg.tar.gz
 
 A chapter (``notebooks/NN_name.ipynb``, listed in ``_toc.yml``) is its own answer key:
 
@@ -21,7 +22,10 @@ student notebooks: solutions replaced by ``raise NotImplementedError()``, hidden
 removed, outputs cleared except those nbval compares, and the Colab install cell pinned to
 the ref set under ``assignments:`` in ``_config.yml``.  ``grade`` runs nbval on every
 submission, in a temporary copy of its own, with the instructor's check cells (hidden tests
-included) put back by ``grade_id``, and writes one CSV row per student.
+included) put back by ``grade_id``, and writes one CSV row per student.  Every submission
+runs with the GPUs hidden, so the chapters take the CPU profile their saved verdicts come
+from on any grading machine, and ``--data`` (or ``$MAE_CIFAR10_TAR``) hands chapters 8 and 9
+the CIFAR-10 archive.
 
 The grading is formative, not tamper-proof: solutions and checks are public, and a
 student's code runs in the same kernel before the checks do.
@@ -504,8 +508,24 @@ def submissions(folder: Path, chapter: str) -> list[tuple[str, Path | None]]:
     return found
 
 
+def grading_env(data: Path | None = None) -> dict:
+    """The environment every submission runs in, the same on every grading machine.
+
+    The GPUs are hidden: a chapter picks its profile by ``torch.cuda.is_available()``, and a
+    check cell's saved verdict is the CPU profile's, so a grading machine with a GPU would
+    fail correct work.  ``data`` (a CIFAR-10 ImageFolder archive) is passed on as
+    ``MAE_CIFAR10_TAR``, which the chapters' data search reads first: a submission runs in a
+    temporary folder, where the search would otherwise find nothing and download, or fall
+    back to the photos."""
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+               MPLBACKEND="Agg", PYDEVD_DISABLE_FILE_VALIDATION="1", CUDA_VISIBLE_DEVICES="")
+    if data is not None:
+        env["MAE_CIFAR10_TAR"] = str(Path(data).resolve())
+    return env
+
+
 def grade_one(student: str, path: Path | None, key, cell_timeout: float = 60,
-              timeout: float | None = None) -> Result:
+              timeout: float | None = None, data: Path | None = None) -> Result:
     """Run one submission with nbval in a temporary folder of its own."""
     import nbformat
 
@@ -531,8 +551,7 @@ def grade_one(student: str, path: Path | None, key, cell_timeout: float = 60,
         nb_path = tmp / "submission.ipynb"
         nbformat.write(nb, str(nb_path))
         (tmp / "pytest.ini").write_text("[pytest]\naddopts =\n")
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                   MPLBACKEND="Agg", PYDEVD_DISABLE_FILE_VALIDATION="1")
+        env = grading_env(data)
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout}",
                "--junitxml", str(tmp / "report.xml"), "-c", str(tmp / "pytest.ini"),
@@ -568,7 +587,8 @@ def grade_one(student: str, path: Path | None, key, cell_timeout: float = 60,
 
 def grade(folder: Path, key_path: Path, out_csv: Path, jobs: int | None = None,
           cell_timeout: float = 60, timeout: float | None = None,
-          summary_path: Path | None = None, quiet: bool = False) -> list[Result]:
+          summary_path: Path | None = None, quiet: bool = False,
+          data: Path | None = None) -> list[Result]:
     """Grade every submission in ``folder`` against chapter ``key_path``; write the CSV and
     a readable summary next to it."""
     import nbformat
@@ -578,7 +598,7 @@ def grade(folder: Path, key_path: Path, out_csv: Path, jobs: int | None = None,
     jobs = jobs or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(
-            lambda s: grade_one(s[0], s[1], key, cell_timeout, timeout), subs))
+            lambda s: grade_one(s[0], s[1], key, cell_timeout, timeout, data), subs))
     ids = check_ids(key)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with out_csv.open("w", newline="") as f:
@@ -664,7 +684,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--jobs", type=int, default=None, help="parallel runs (default: cores)")
     r.add_argument("--cell-timeout", type=float, default=60, help="seconds per cell")
     r.add_argument("--timeout", type=float, default=None, help="seconds per notebook")
+    r.add_argument("--data", type=Path, default=None,
+                   help="CIFAR-10 as an ImageFolder .tar.gz, for chapters 8 and 9 (default: "
+                        "$MAE_CIFAR10_TAR; without either they fall back to the photos)")
     args = ap.parse_args(argv)
+    if args.command == "grade" and args.data is not None and not args.data.is_file():
+        ap.error(f"--data {args.data}: no such file (a CIFAR-10 ImageFolder .tar.gz)")
     book = args.book.resolve() if args.book else find_book()
 
     if args.command == "annotate":
@@ -694,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
            else _guess_chapter(book, args.submissions))
     t0 = time.perf_counter()
     grade(args.submissions, key, args.out, jobs=args.jobs, cell_timeout=args.cell_timeout,
-          timeout=args.timeout)
+          timeout=args.timeout, data=args.data)
     print(f"graded in {time.perf_counter() - t0:.0f} s: {args.out}, "
           f"{args.out.with_suffix('.txt')}")
     return 0

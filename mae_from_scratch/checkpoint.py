@@ -238,9 +238,9 @@ def training_checkpoint(model, optimizer, scaler, args, *, epoch: int, epoch_ste
     :class:`~mae_from_scratch.data.DatasetInfo` (name, statistics, classes).
     The epoch is complete when ``epoch_step == steps_per_epoch``.
     """
+    # The CPU generator only: pretraining draws nothing from a CUDA generator, and the
+    # per-GPU states would not fit a resume on another number of GPUs.
     rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),

@@ -13,10 +13,11 @@ tensor operations:
    parameters drawn exactly as torchvision's ``RandomResizedCrop`` draws them
    (ten tries, then a central crop), for all samples at once;
 2. a horizontal flip with probability 1/2;
-3. the resampling to the input size by ``F.grid_sample`` (bilinear) at the
-   sampling positions ``F.resized_crop`` uses, so a crop equals torchvision's
-   bilinear ``resized_crop`` without antialiasing (antialiasing only matters
-   when a crop is shrunk; CIFAR-10 crops at 32 px are only ever enlarged);
+3. the resampling to the input size, equal to torchvision's bilinear
+   ``resized_crop`` with ``antialias=True`` (see :func:`resized_crops`): a crop
+   larger than the input (the offline photos at 64 px, STL-10 at 96 px) is
+   low-pass filtered as it shrinks, so fine detail does not alias into
+   spurious patterns; CIFAR-10 crops at 32 px are only ever enlarged;
 4. normalization, and the mask noise for :func:`~mae_from_scratch.masking.random_masking`.
 
 **Bilinear, not bicubic.**  The recipe's PIL path resizes crops with bicubic
@@ -26,9 +27,11 @@ is enlarged.
 **Randomness without a generator.**  Every random number is a hash of
 ``(seed, epoch, sample index, stream, draw)``: a counter-based generator
 computed on the device for the whole batch, with no per-sample Python loop and
-no generator state.  A sample is augmented the same way whatever batch, rank or
-resumed run it lands in, so a killed run resumes bit-exactly, as on the PIL
-path (which draws from ``(seed, epoch, index)`` too, with other numbers).
+no generator state.  A sample gets the same crop, flip and mask whatever batch,
+rank or resumed run it lands in, so a killed run resumes bit-exactly, as on the
+PIL path (which draws from ``(seed, epoch, index)`` too, with other numbers).
+(Shrunk crops are resampled by batched matrix products, whose last bits may
+depend on the batch's size, so bit-exact pixels need the same batch size.)
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ __all__ = [
     "first_image_nbytes",
     "fits_on_device",
     "mask_noise",
+    "resize_weights",
     "resized_crops",
 ]
 
@@ -139,27 +143,81 @@ def crop_boxes(u_area, u_ratio, u_top, u_left, height: int, width: int,
     return torch.where(ok[:, None], boxes, fallback)
 
 
-def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None) -> torch.Tensor:
+def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int,
+                  flip: torch.Tensor | None = None) -> torch.Tensor:
     """Crop ``boxes`` ``(B, 4)`` = ``(top, left, h, w)`` out of ``images`` ``(B, C, H, W)``
-    and resize each to ``size x size`` (bilinear), flipping where ``flip`` is true.
+    and resize each to ``size x size``, flipping where ``flip`` is true.
 
-    The sampling positions are those of ``torchvision.transforms.v2.functional.resized_crop``
-    with bilinear interpolation and no antialiasing: output pixel ``r`` reads the
-    crop at ``(r + 0.5) * h / size - 0.5``, held inside the crop.  ``F.grid_sample``
-    does the interpolation.  Returns float32 in the input's value range.
+    The result is that of ``torchvision.transforms.v2.functional.resized_crop`` with
+    bilinear interpolation and ``antialias=True``.  Along an axis where the crop is
+    enlarged that is plain bilinear interpolation: output pixel ``r`` reads the crop at
+    ``(r + 0.5) * h / size - 0.5``, held inside the crop.  Where the crop is shrunk by
+    a factor ``f > 1``, the triangle filter is widened ``f`` times, so every input
+    pixel counts and detail finer than the output's pixels averages out instead of
+    aliasing (a 1-pixel checkerboard becomes flat grey, not a coarse pattern).
+
+    When no crop can shrink (images no larger than ``size``: CIFAR-10 at 32 px),
+    ``F.grid_sample`` does the bilinear interpolation; otherwise each axis's filter
+    is a ``(size, H)`` or ``(size, W)`` weight matrix per sample and the resampling
+    two batched matrix products, which cost about the same for any shrink factor.
+    Returns float32 in the input's value range.
     """
     n, _, height, width = images.shape
-    top, left, h, w = (boxes[:, k, None].to(torch.float32) for k in range(4))  # (B, 1) each
-    steps = torch.arange(size, device=images.device, dtype=torch.float32)[None, :] + 0.5  # (1, S)
-    ys = (top + (steps * h / size - 0.5).clamp(min=0).minimum(h - 1))  # (B, S) rows in the image
-    xs = (left + (steps * w / size - 0.5).clamp(min=0).minimum(w - 1))  # (B, S) columns
-    if flip is not None:
-        xs = torch.where(flip[:, None], xs.flip(1), xs)
-    # grid_sample's coordinates: -1 and 1 are the centres of the first and last pixel.
-    gy = ys * (2 / max(height - 1, 1)) - 1
-    gx = xs * (2 / max(width - 1, 1)) - 1
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (B, S, S, 2)
-    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
+    # Resampling is part of the data, not of the model: full float32 even inside an autocast region.
+    with torch.autocast(images.device.type, enabled=False):
+        if max(height, width) > size:
+            return _antialiased_crops(images, boxes, size, flip)
+        top, left, h, w = (boxes[:, k, None].to(torch.float32) for k in range(4))  # (B, 1) each
+        steps = torch.arange(size, device=images.device, dtype=torch.float32)[None, :] + 0.5  # (1, S)
+        ys = (top + (steps * h / size - 0.5).clamp(min=0).minimum(h - 1))  # (B, S) rows in the image
+        xs = (left + (steps * w / size - 0.5).clamp(min=0).minimum(w - 1))  # (B, S) columns
+        if flip is not None:
+            xs = torch.where(flip[:, None], xs.flip(1), xs)
+        # grid_sample's coordinates: -1 and 1 are the centres of the first and last pixel.
+        gy = ys * (2 / max(height - 1, 1)) - 1
+        gx = xs * (2 / max(width - 1, 1)) - 1
+        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (B, S, S, 2)
+        return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def resize_weights(start: torch.Tensor, length: torch.Tensor, size: int, extent: int) -> torch.Tensor:
+    """``(B, size, extent)`` float32: row ``i`` of sample ``b`` holds the weight of each of the
+    ``extent`` image pixels in output pixel ``i`` when the crop ``[start[b], start[b] + length[b])``
+    of one axis is resized to ``size`` pixels by antialiased bilinear interpolation.
+
+    The filter of ``torch.nn.functional.interpolate(mode="bilinear", antialias=True)``,
+    which torchvision's ``resize`` calls: with ``scale = length / size`` and
+    ``support = max(scale, 1)``, output pixel ``i`` is centred at ``c = scale * (i + 0.5)``
+    in the crop, and crop pixel ``j`` weighs ``max(0, support - |j + 0.5 - c|)``, the
+    triangle of half-width ``support``; pixels outside the crop weigh nothing, and each
+    row is normalized to sum to 1.  Enlarging (``support = 1``) that is plain bilinear
+    interpolation, held inside the crop.
+    """
+    device = start.device
+    start = start.to(torch.float32)[:, None]  # (B, 1)
+    length = length.to(torch.float32)[:, None]
+    scale = length / size
+    support = scale.clamp(min=1.0)[:, :, None]  # (B, 1, 1)
+    centre = scale * (torch.arange(size, device=device, dtype=torch.float32) + 0.5)  # (B, S), in the crop
+    pixel = torch.arange(extent, device=device, dtype=torch.float32)  # (E,), in the image
+    # In place on the one (B, S, E) tensor: these few passes over it are most of the work.
+    weight = (pixel - (start + centre - 0.5)[:, :, None]).abs_()  # |j + 0.5 - c|
+    weight = weight.sub_(support).clamp_(max=0)  # -max(0, support - |j + 0.5 - c|): the sign cancels below
+    weight = weight.mul_(((pixel >= start) & (pixel < start + length)).to(torch.float32)[:, None, :])
+    return weight.div_(weight.sum(dim=2, keepdim=True))
+
+
+def _antialiased_crops(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None):
+    """:func:`resized_crops` by one weight matrix per axis and sample: ``Wy @ image @ Wx^T``."""
+    n, c, height, width = images.shape
+    wy = resize_weights(boxes[:, 0], boxes[:, 2], size, height)  # (B, S, H)
+    wx = resize_weights(boxes[:, 1], boxes[:, 3], size, width)  # (B, S, W)
+    if flip is not None:  # a mirrored output is the columns' weights in reverse order
+        wx = torch.where(flip[:, None, None], wx.flip(1), wx)
+    # Columns first with the channels and rows folded into one matrix per sample, then the rows.  (Where
+    # TF32 matrix products are switched on, these round to about a tenth of a grey level.)
+    cols = torch.bmm(images.float().reshape(n, c * height, width), wx.transpose(1, 2))  # (B, C*H, S)
+    return wy[:, None] @ cols.view(n, c, height, size)  # (B, C, S, S)
 
 
 # ----------------------------------------------------------------------------------

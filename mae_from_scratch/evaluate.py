@@ -18,11 +18,13 @@ patches, no masking: the cls token (``--pool cls``, the default, as the
 paper's linear probe) or the mean of the patch tokens (``--pool mean``).
 
 Honest numbers: a hyperparameter is never chosen on the test split.
-``--val_images N`` (default 5000) images of the *training* split, a seeded
-random subset disjoint from the rest (:func:`split_train_val`), are held out
-as a validation split.  With ``--tune`` the kNN's ``k`` (10, 20 or 50) or the
-probe's ``blr`` (0.03, 0.1 or 0.3) is chosen by the accuracy on that split of
-a model trained on the rest; the chosen value is then used on the whole
+``--val_images N`` images of the *training* split, a seeded random subset
+disjoint from the rest (:func:`split_train_val`), are held out as a
+validation split; by default a fifth of the training split, at most 5000
+(:func:`default_val_images`: 5000 of CIFAR-10's 50000, 819 of the offline
+photos' 4096), said in one printed line.  With ``--tune`` the kNN's ``k``
+(10, 20 or 50) or the probe's ``blr`` (0.03, 0.1 or 0.3) is chosen by the
+accuracy on that split of a model trained on the rest; the chosen value is then used on the whole
 training split and the test split is scored once.  Without ``--tune`` the
 fixed defaults are used, nothing is held out, and the result says
 ``"tuned": false``.  Fine-tuning trains on the training split minus the
@@ -70,6 +72,7 @@ MODES = ("knn", "linprobe", "finetune")
 POOLS = ("cls", "mean")
 KNN_GRID = (10, 20, 50)  # the k that --tune tries
 BLR_GRID = (0.03, 0.1, 0.3)  # the linear probe's base learning rates that --tune tries
+VAL_PART, VAL_MAX = 5, 5000  # without --val_images: 1 / VAL_PART of the training split held out, at most VAL_MAX
 
 
 # ----------------------------------------------------------------------------------
@@ -251,6 +254,19 @@ def split_train_val(n: int, val_images: int = 5000, seed: int = 0) -> tuple[list
     return sorted(perm[val_images:].tolist()), sorted(perm[:val_images].tolist())
 
 
+def default_val_images(n: int) -> int:
+    """The validation images held out of ``n`` training images when no number is given:
+    a fifth (``n // VAL_PART``, as chapter 9 splits the offline photos), at most ``VAL_MAX``
+    (5000 of CIFAR-10's 50000, the usual 45000/5000 split), at least 1 so that a small split
+    can still be tuned on, and 0 when ``n < 2`` (holding out the only image would leave
+    nothing to train on)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a whole number >= 0, got {n!r}")
+    if n < 2:
+        return 0
+    return max(1, min(VAL_MAX, n // VAL_PART))
+
+
 def choose_on_val(candidates, val_accuracy: Callable[[object], float]) -> tuple[object, dict]:
     """The candidate with the highest ``val_accuracy(candidate)``, and every candidate's score.
 
@@ -268,10 +284,13 @@ def _key(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _tune_on_val(result: dict, train_labels, grid, val_images: int, seed: int, score):
-    """Hold ``val_images`` training images out (:func:`split_train_val`), score every
-    candidate in ``grid`` with ``score(train_idx, val_idx, candidate)``, record the scores in
-    ``result`` and return the best candidate (:func:`choose_on_val`)."""
+def _tune_on_val(result: dict, train_labels, grid, val_images: int | None, seed: int, score):
+    """Hold ``val_images`` training images out (:func:`split_train_val`; ``None``: the
+    :func:`default_val_images`), score every candidate in ``grid`` with
+    ``score(train_idx, val_idx, candidate)``, record the scores in ``result`` and return the
+    best candidate (:func:`choose_on_val`)."""
+    if val_images is None:
+        val_images = default_val_images(len(train_labels))
     tr, va = split_train_val(len(train_labels), val_images, seed)
     if not va:
         raise ValueError("tuning needs a validation split: val_images must be at least 1")
@@ -282,15 +301,16 @@ def _tune_on_val(result: dict, train_labels, grid, val_images: int, seed: int, s
 
 
 def knn_evaluation(train_feats, train_labels, test_feats, test_labels, k: int = 20, temperature: float = 0.07,
-                   num_classes: int | None = None, tune: bool = False, grid=KNN_GRID, val_images: int = 5000,
-                   seed: int = 0) -> dict:
+                   num_classes: int | None = None, tune: bool = False, grid=KNN_GRID,
+                   val_images: int | None = None, seed: int = 0) -> dict:
     """kNN accuracy on the test split, with ``k`` fixed or chosen on a validation split.
 
     ``tune=False``: ``k`` as given, all training features vote, the result
     holds ``"tuned": False``.  ``tune=True``: :func:`split_train_val` holds out
-    ``val_images`` training images, each ``k`` in ``grid`` is scored on them
-    with the rest as neighbours, the best (:func:`choose_on_val`) is used with
-    *all* training features as neighbours, and the test split is scored once.
+    ``val_images`` training images (``None``: :func:`default_val_images`), each
+    ``k`` in ``grid`` is scored on them with the rest as neighbours, the best
+    (:func:`choose_on_val`) is used with *all* training features as neighbours,
+    and the test split is scored once.
     The test features and labels are not touched before that choice.
 
     Returns ``{"accuracy", "k", "temperature", "tuned"}`` plus, when tuned,
@@ -307,7 +327,7 @@ def knn_evaluation(train_feats, train_labels, test_feats, test_labels, k: int = 
 
 
 def linear_probe_evaluation(train_feats, train_labels, test_feats, test_labels, num_classes: int | None = None,
-                            blr: float = 0.1, tune: bool = False, grid=BLR_GRID, val_images: int = 5000,
+                            blr: float = 0.1, tune: bool = False, grid=BLR_GRID, val_images: int | None = None,
                             seed: int = 0, epochs: int = 90, batch_size: int = 256, weight_decay: float = 0.0,
                             device="cpu") -> dict:
     """Linear-probe accuracy on the test split, with ``blr`` fixed or chosen on a validation split.
@@ -528,9 +548,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_train", default=None, type=int, help="use a fixed random subset of the training split")
     p.add_argument("--max_test", default=None, type=int, help="use a fixed random subset of the test split")
     p.add_argument("--seed", default=0, type=int)
-    p.add_argument("--val_images", default=5000, type=int,
+    p.add_argument("--val_images", default=None, type=int,
                    help="training images (after --max_train) held out as a validation split (seeded, disjoint): "
-                        "what --tune chooses on and what finetune reports each epoch; 0 holds out nothing")
+                        "what --tune chooses on and what finetune reports each epoch; 0 holds out nothing; "
+                        f"default: 1/{VAL_PART} of the training split, at most {VAL_MAX}")
     p.add_argument("--tune", action="store_true",
                    help=f"knn: choose k from {list(KNN_GRID)}, linprobe: blr from {list(BLR_GRID)}, on the "
                         "validation split; then train on the whole training split and score the test split once")
@@ -563,7 +584,7 @@ def check_args(args: argparse.Namespace) -> None:
         refuse("--data_path is empty; give an ImageFolder ROOT, an archive or a torchvision root, "
                "or leave the flag out to use the checkpoint's")
     check_whole("k", args.k, 1)
-    check_whole("val_images", args.val_images, 0, hint="0 holds out no validation images")
+    check_whole("val_images", args.val_images, 0, optional=True, hint="0 holds out no validation images")
     if args.tune and args.mode == "finetune":
         refuse("--tune is for knn and linprobe; finetune reports the validation accuracy of every epoch instead")
     if args.tune and args.val_images == 0:
@@ -640,12 +661,22 @@ def evaluate(args: argparse.Namespace) -> dict:
     train_ds, train_loader = loader(train_raw, limit=args.max_train)
     test_ds, test_loader = loader(test_raw, limit=args.max_test)
     # The validation images are needed by --tune and by finetune; refuse a split that leaves nothing to train on
-    # now, before any image is decoded.
+    # now, before any image is decoded.  Without --val_images the number follows the training split's size.
     uses_val = args.tune or args.mode == "finetune"
-    if uses_val and args.val_images >= len(train_ds):
-        refuse(f"--val_images {args.val_images} leaves nothing to train on: the training split has {len(train_ds)} "
-               f"images{' (after --max_train)' if args.max_train else ''}; use at most {len(train_ds) - 1}, "
-               "or --val_images 0 to hold out none")
+    after = " (after --max_train)" if args.max_train else ""
+    val_images = args.val_images
+    if val_images is None:
+        val_images = default_val_images(len(train_ds))
+        if args.tune and val_images == 0:
+            refuse(f"--tune needs at least 2 training images, one to hold out and one to train on: the training "
+                   f"split has {len(train_ds)}{after}")
+        if uses_val:
+            print(f"validation split: {val_images} of the {len(train_ds)} training images{after} held out "
+                  f"(1/{VAL_PART}, at most {VAL_MAX}; --val_images N sets the number, 0 holds out none)",
+                  flush=True)
+    elif uses_val and val_images >= len(train_ds):
+        refuse(f"--val_images {val_images} leaves nothing to train on: the training split has {len(train_ds)} "
+               f"images{after}; use at most {len(train_ds) - 1}, or --val_images 0 to hold out none")
     result = {"mode": args.mode, "checkpoint": str(args.checkpoint), "source": enc.source, "dataset": dataset,
               "pool": args.pool, "input_size": size, "train_images": len(train_ds), "test_images": len(test_ds)}
     if missing:
@@ -659,11 +690,11 @@ def evaluate(args: argparse.Namespace) -> dict:
         num_classes = len(classes) if classes else int(max(ytr.max(), yte.max())) + 1
         if args.mode == "knn":
             res = knn_evaluation(ftr, ytr, fte, yte, args.k, args.temperature, num_classes, tune=args.tune,
-                                 val_images=args.val_images, seed=args.seed)
+                                 val_images=val_images, seed=args.seed)
         else:
             res = linear_probe_evaluation(
                 ftr, ytr, fte, yte, num_classes, blr=0.1 if args.blr is None else args.blr, tune=args.tune,
-                val_images=args.val_images, seed=args.seed, epochs=90 if args.epochs is None else args.epochs,
+                val_images=val_images, seed=args.seed, epochs=90 if args.epochs is None else args.epochs,
                 weight_decay=0.0 if args.weight_decay is None else args.weight_decay, device=args.device)
         acc = res.pop("accuracy")
         result.update(res)
@@ -675,7 +706,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         train_aug = D.subset(D.build_dataset(dataset, "train", data_path, transform=t_train), args.max_train,
                              seed=args.seed)
         evaluated = D.subset(train_raw, args.max_train, seed=args.seed)  # the same images, without augmentation
-        tr, va = split_train_val(len(train_aug), args.val_images, seed=args.seed)
+        tr, va = split_train_val(len(train_aug), val_images, seed=args.seed)
         fit_ds = torch.utils.data.Subset(train_aug, tr)
         fit_loader = DataLoader(fit_ds, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
                                 pin_memory=pin, drop_last=len(fit_ds) > args.batch_size,

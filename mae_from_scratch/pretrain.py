@@ -31,7 +31,9 @@ Exact resume: all randomness is a function of ``(seed, epoch, sample index)``
 :class:`~mae_from_scratch.data.MAEPretrainDataset`; the shuffle is a function of
 ``(seed, epoch)``), and a checkpoint stores the position inside the epoch.  So
 on a CPU a run that is killed and resumed ends with exactly the weights of a
-run that was not, whatever the number of data-loader workers.
+run that was not, whatever the number of data-loader workers.  A resume keeps
+the ``--seed``, ``--loader`` and ``--max_images`` of the run it continues: left
+out, they come from the checkpoint; given with another value, they are refused.
 """
 
 from __future__ import annotations
@@ -358,8 +360,53 @@ def _model_of(ckpt: dict) -> str:
     return str(name) if name else "weights of another model"
 
 
-def read_resume_checkpoint(path: str, args, auto: bool) -> dict:
-    """The checkpoint to continue from, checked to be a training checkpoint of the model asked for."""
+# What a resumed run takes from its checkpoint unless asked otherwise: the seed and the loader fix
+# the shuffle, the augmentation and the masks, and max_images the training images.
+KEPT_ON_RESUME = {"seed": "shuffle, augmentation and masks", "loader": "augmentation",
+                  "max_images": "training images"}
+
+
+def _given(args, argv, kwargs) -> set:
+    """Which of :data:`KEPT_ON_RESUME` this call asked for explicitly: with ``argv`` or
+    keywords, the flags and keywords given; with a namespace parsed elsewhere, the values
+    that differ from the defaults (of its preset)."""
+    if args is None:
+        unset = object()  # argparse keeps an attribute the namespace already has unless its flag is given
+        asked = argparse.Namespace(**{name: unset for name in KEPT_ON_RESUME})
+        get_args_parser().parse_args(argv or [], namespace=asked)
+        return {name for name in KEPT_ON_RESUME if name in kwargs or getattr(asked, name) is not unset}
+    defaults = _parse([], preset=getattr(args, "preset", None))
+    return {name for name in KEPT_ON_RESUME if name in kwargs or getattr(args, name, None) != getattr(defaults, name)}
+
+
+def _show(name: str, value) -> str:
+    return "every image (no --max_images)" if name == "max_images" and value is None else f"--{name} {value}"
+
+
+def _keep_the_run(path: str, args, saved: dict, given: set, auto: bool) -> None:
+    """A resume continues the run it resumes: the checkpoint's seed, loader and image subset
+    replace those not asked for, and one asked for that differs is refused.  ``--loader
+    auto`` asks for no loader in particular; the checkpoint holds the one auto chose."""
+    for name, what in KEPT_ON_RESUME.items():
+        if name not in saved or (name == "loader" and saved[name] not in LOADERS[1:]):
+            continue  # written before it was saved (or before the loader was resolved)
+        mine, theirs = getattr(args, name, None), saved[name]
+        if mine == theirs:
+            continue
+        if name in given and not (name == "loader" and mine == "auto"):
+            keep = f"leave --{name} out" + (f" (or give {_show(name, theirs)})" if theirs is not None else "")
+            new = "choose another --output_dir for a new run" if auto else "drop --resume to start a new run"
+            refuse(f"{path} was trained with {_show(name, theirs)}, but {_show(name, mine)} was asked for, which "
+                   f"would change the run's {what}; {keep} to continue it, or {new}")
+        setattr(args, name, theirs)
+
+
+def read_resume_checkpoint(path: str, args, auto: bool, given: set | None = None) -> dict:
+    """The checkpoint to continue from, checked to be a training checkpoint of the model asked for.
+
+    The run's seed, loader and ``max_images`` come from it unless ``given`` names them
+    (``None``: all were given), see :func:`_keep_the_run`.
+    """
     ckpt = load_training_checkpoint(path)  # refuses unreadable and weights-only files
     for key in ("optimizer", "epoch", "args", "rng"):
         if key not in ckpt:
@@ -370,6 +417,7 @@ def read_resume_checkpoint(path: str, args, auto: bool) -> dict:
         flag = "" if auto else " (or drop --resume to start a new run)"
         refuse(f"{path} holds {_model_of(ckpt)} but --model {args.model} was asked for; resume with --model "
                f"{saved.get('model')}{flag}")
+    _keep_the_run(path, args, saved, set(KEPT_ON_RESUME) if given is None else given, auto)
     return ckpt
 
 
@@ -384,12 +432,15 @@ def _data_path_from_checkpoint(args, ckpt: dict) -> bool:
     return False
 
 
-def _images_on_device(base, args, device, dist_info: DistInfo, required: bool):
+def _images_on_device(base, args, device, dist_info: DistInfo, required: bool, resumed_from: str | None = None):
     """``base`` decoded once and moved to ``device``, or ``None`` when its images cannot be
     held there (they differ in size, or would take more than a quarter of the device's
     memory).  With ``required`` (``--loader device``) that is an error instead."""
 
     def decline(why: str):
+        if required and resumed_from:  # the pil loader would change the run's augmentation
+            refuse(f"--loader device: {why}; {resumed_from} was trained with the device loader, so continue it "
+                   "where its images fit, or start a new run")
         if required:
             refuse(f"--loader device: {why}; use --loader pil")
         return None
@@ -407,13 +458,14 @@ def _images_on_device(base, args, device, dist_info: DistInfo, required: bool):
 
 
 def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory: bool,
-                        device: torch.device | str = "cpu"):
+                        device: torch.device | str = "cpu", resumed_from: str | None = None):
     """The pretraining data set, its sampler and loader (batches ``(imgs, noise)``).
 
     With the device loader the data set is a :class:`~mae_from_scratch.device_data.DeviceImages`
     and the loader a :class:`~mae_from_scratch.device_data.DeviceBatchLoader`; with the PIL
     loader, a :class:`~mae_from_scratch.data.MAEPretrainDataset` and a ``DataLoader``.
-    ``args.loader`` is set to the loader used.
+    ``args.loader`` is set to the loader used.  ``resumed_from``: the checkpoint of a run
+    trained with the device loader, which this one continues.
     """
     name = resolve_dataset(args)
     info = D.dataset_info(name)
@@ -422,7 +474,8 @@ def build_pretrain_data(args, num_patches: int, dist_info: DistInfo, pin_memory:
     base = D.subset(base, args.max_images, seed=args.seed)
     requested = getattr(args, "loader", "auto")  # checked by check_args
     if requested != "pil":
-        images = _images_on_device(base, args, device, dist_info, required=requested == "device")
+        images = _images_on_device(base, args, device, dist_info, required=requested == "device",
+                                   resumed_from=resumed_from)
         if images is not None:
             sampler = D.ResumableSampler(images, dist_info.world_size, dist_info.rank, seed=args.seed)
             loader = DeviceBatchLoader(images, sampler, args.batch_size, args.input_size, info.mean, info.std,
@@ -463,6 +516,7 @@ def pretrain(args: argparse.Namespace | None = None, argv: list[str] | None = No
     """
     if command is None:
         command = _command_line(argv, kwargs) if args is None else "pretrain(args)"
+    given = _given(args, argv, kwargs)
     if args is None:
         args = _parse(argv, **kwargs)
     elif kwargs:
@@ -480,7 +534,7 @@ def pretrain(args: argparse.Namespace | None = None, argv: list[str] | None = No
     resume = args.resume
     if not resume and args.auto_resume and out is not None and (out / LAST_CHECKPOINT).is_file():
         resume = str(out / LAST_CHECKPOINT)
-    ckpt = read_resume_checkpoint(resume, args, auto=not args.resume) if resume else None
+    ckpt = read_resume_checkpoint(resume, args, auto=not args.resume, given=given) if resume else None
 
     lock, made = None, False
     if out is not None and os.environ.get("RANK", "0") == "0":  # only the main process locks
@@ -512,7 +566,6 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
     if args.lr is None:
         args.lr = effective_lr(args.blr, args.batch_size, args.accum_iter, dist_info.world_size)
     precision = choose_precision(device, args.precision)
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
     scaler = precision.grad_scaler(device)
     data_from_ckpt = False
     if ckpt is not None:  # the weights are checked against the model before any data is read
@@ -523,6 +576,11 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
             refuse(f"{resume} holds {_model_of(ckpt)}, which does not fit --model {args.model} at --input_size "
                    f"{args.input_size} ({lines[0] if lines else e}); resume with the checkpoint's --model and "
                    "--input_size")
+    # On its device before the optimizer state is loaded: loading places each state tensor on its
+    # parameter's device (and dtype), and a later move of the model would leave that state behind.
+    model.to(device)
+    optimizer = build_optimizer(model, args.lr, args.weight_decay)
+    if ckpt is not None:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
             if ckpt.get("scaler"):
@@ -530,12 +588,13 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
         except (ValueError, KeyError, RuntimeError) as e:
             refuse(f"the optimizer state in {resume} does not fit --model {args.model} ({e})")
         data_from_ckpt = _data_path_from_checkpoint(args, ckpt)
-    model.to(device)
     num_patches = model.patch_embed.num_patches
 
     pin = args.pin_mem if args.pin_mem is not None else device.type == "cuda"
+    device_run = ckpt is not None and isinstance(ckpt["args"], dict) and ckpt["args"].get("loader") == "device"
     try:
-        dataset, sampler, loader, info = build_pretrain_data(args, num_patches, dist_info, pin, device)
+        dataset, sampler, loader, info = build_pretrain_data(args, num_patches, dist_info, pin, device,
+                                                             resumed_from=resume if device_run else None)
     except D.DataError as e:
         if data_from_ckpt:
             raise D.DataError(f"{e} (the data path {args.data_path!r} comes from the checkpoint {resume}, and a "
@@ -577,9 +636,8 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
                 )
             start_epoch, start_step = epoch, epoch_step
             meter.load_state_dict(ckpt["epoch_meter"])
+        # The CPU generator only; nothing in pretraining draws from a CUDA generator.
         torch.set_rng_state(ckpt["rng"]["torch"])
-        if "cuda" in ckpt["rng"] and device.type == "cuda":
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         writer.truncate(start_epoch * steps_per_epoch + start_step, start_epoch)
         if is_main:
             print(f"resumed from {resume}: epoch {start_epoch}, step {start_step} of {steps_per_epoch}", flush=True)
@@ -650,9 +708,10 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
         if is_main:
             writer.log_step({"step": s.global_step, "epoch": s.epoch, "epoch_step": s.epoch_step,
                              "loss": s.loss, "lr": s.lr, "images_per_s": s.images_per_s})
-        done = args.max_steps is not None and s.global_step >= args.max_steps
-        if s.epoch_step < steps_per_epoch and (
-                done or (args.save_every_steps and s.global_step % args.save_every_steps == 0)):
+        # An epoch's last step is saved when the epoch closes; a --max_steps stop there waits for that.
+        inside = s.epoch_step < steps_per_epoch
+        done = inside and args.max_steps is not None and s.global_step >= args.max_steps
+        if inside and (done or (args.save_every_steps and s.global_step % args.save_every_steps == 0)):
             save(s.epoch, s.epoch_step)
         if done:
             raise _StopRun
@@ -688,6 +747,10 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
             if is_main and (epoch % args.save_freq == 0 or epoch + 1 == args.epochs):
                 save(epoch, steps_per_epoch, name=f"checkpoint-{epoch}.pth")
             start_step, meter = 0, EpochMeter()
+            if args.max_steps is not None and (epoch + 1) * steps_per_epoch >= args.max_steps \
+                    and epoch + 1 < args.epochs:
+                stopped = True  # --max_steps reached at this epoch's end, which is saved above
+                break
     except NonFiniteLossError as e:
         where = ""
         if last_written is not None:
@@ -708,8 +771,7 @@ def _pretrain(args, dist_info: DistInfo, device: torch.device, ckpt: dict | None
 def main(argv=None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
-        args = _parse(argv)
-        result = pretrain(args, command=_command_line(argv, {}))
+        result = pretrain(argv=argv, command=_command_line(argv, {}))  # argv: which flags were given
     except (InputError, NonFiniteLossError, D.DataError, CheckpointMismatchError, FileNotFoundError,
             ValueError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)

@@ -15,13 +15,17 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+try:
+    import resource
+except ImportError:  # not on Windows: cpu_seconds falls back to os.times
+    resource = None
 
 RUN_RECORD = "run.json"
 
@@ -93,7 +97,11 @@ def data_record(dataset: str, data_path, num_images: int) -> dict:
 
 
 def cpu_seconds() -> float:
-    """CPU time (user + system) of this process and of its finished child processes."""
+    """CPU time (user + system) of this process and of its finished child processes
+    (on Windows, of this process only)."""
+    if resource is None:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime

@@ -13,6 +13,7 @@ import copy
 import csv
 import hashlib
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -238,6 +239,143 @@ def test_the_book_loads_the_toggle():
 
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert config["sphinx"]["local_extensions"]["solution_toggle"] == "book/_ext"
+
+
+# --------------------------------------------------------------------------------------
+# the pinned package
+
+
+def _git(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+
+
+def _package_names_used(nb) -> dict:
+    """{module path: names the notebook takes from it} for every use of the package in ``nb``:
+    ``from mae_from_scratch.m import a``, ``from mae_from_scratch import m as M`` then ``M.a``,
+    ``import mae_from_scratch.m``."""
+    import ast
+
+    used, aliases = {}, {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tree = ast.parse(cell.source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mae_from_scratch":
+                for a in node.names:
+                    if node.module == "mae_from_scratch":  # a module, or a name of the package itself
+                        aliases[a.asname or a.name] = f"mae_from_scratch.{a.name}"
+                        used.setdefault("mae_from_scratch", set()).add(a.name)
+                    else:
+                        used.setdefault(node.module, set()).add(a.name)
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.split(".")[0] == "mae_from_scratch":
+                        used.setdefault(a.name, set())
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases):
+                used.setdefault(aliases[node.value.id], set()).add(node.attr)
+    return used
+
+
+def _defined_at(ref: str, module: str) -> set | None:
+    """Top-level names of ``module`` at commit ``ref`` (None: no such module there)."""
+    import ast
+
+    base = module.replace(".", "/")
+    for path in (f"{base}.py", f"{base}/__init__.py"):
+        shown = _git("show", f"{ref}:{path}")
+        if shown.returncode == 0:
+            break
+    else:
+        return None
+    names = set()
+    for node in ast.parse(shown.stdout).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    if path.endswith("__init__.py"):  # its submodules are names of the package too
+        listed = _git("ls-tree", "--name-only", f"{ref}:{base}").stdout.split()
+        names |= {n[:-3] for n in listed if n.endswith(".py")}
+    return names
+
+
+def test_student_notebooks_import_only_what_their_pinned_commit_holds():
+    """Students install the package at assignments.ref, not at the branch: every name a student
+    notebook takes from the package must exist at that commit, so a chapter that starts using
+    new code forces a new pin."""
+    ref = SETTINGS.ref
+    if _git("cat-file", "-e", f"{ref}^{{commit}}").returncode != 0:
+        shallow = _git("rev-parse", "--is-shallow-repository").stdout.strip() == "true"
+        if shallow:
+            pytest.skip(f"a shallow clone: the pinned commit {ref[:10]} is not in it")
+        pytest.fail(f"the pinned commit {ref} (assignments.ref in _config.yml) is not in this repository")
+    missing = []
+    for path in sorted((ROOT / SETTINGS.folder).glob("*.ipynb")):
+        for module, names in sorted(_package_names_used(nbformat.read(path, as_version=4)).items()):
+            defined = _defined_at(ref, module)
+            if defined is None:
+                missing.append(f"{path.name}: {module} (no such module)")
+                continue
+            missing += [f"{path.name}: {module}.{n}" for n in sorted(names - defined)]
+    assert not missing, (f"names that the package at the pinned commit {ref[:10]} lacks (pin a newer "
+                         f"commit in _config.yml and regenerate): {missing}")
+
+
+def test_the_pin_check_sees_a_missing_name():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from mae_from_scratch import data as D\nfrom mae_from_scratch.glue import glue\nD.no_such_thing")])
+    used = _package_names_used(nb)
+    assert used == {"mae_from_scratch": {"data"}, "mae_from_scratch.data": {"no_such_thing"},
+                    "mae_from_scratch.glue": {"glue"}}
+    first = _git("rev-list", "--max-parents=0", "HEAD").stdout.split()[0]
+    assert _defined_at(first, "mae_from_scratch.glue") is None
+
+
+# --------------------------------------------------------------------------------------
+# the grading machine
+
+
+def test_every_submission_runs_on_the_cpu_with_the_data_it_is_handed(tmp_path, monkeypatch):
+    """The chapters choose their profile by the GPU they find; the saved verdicts are the CPU
+    profile's, so grading hides the GPUs on every machine.  --data reaches the kernel as
+    MAE_CIFAR10_TAR, an absolute path (the submission runs in another folder)."""
+    seen = []
+
+    class FakeRun:  # records what the grader would start, and runs nothing
+        def __init__(self, cmd, cwd=None, env=None, **kw):
+            seen.append((Path(cwd), env))
+            self.pid = 0
+
+        def communicate(self, timeout=None):
+            return b"", None
+
+    monkeypatch.setattr(A.subprocess, "Popen", FakeRun)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.delenv("MAE_CIFAR10_TAR", raising=False)
+    archive = tmp_path / "cifar.tar.gz"
+    archive.write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    result = A.grade_one("alice", ROOT / "assignments" / "08_pretraining.ipynb", _key("08_pretraining"),
+                         data=Path("cifar.tar.gz"))
+    (cwd, env), = seen
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert env["MAE_CIFAR10_TAR"] == str(archive.resolve()) and cwd != tmp_path
+    assert result.passed == 0 and "did not run" in result.first_failure()
+    seen.clear()
+    A.grade_one("bob", ROOT / "assignments" / "08_pretraining.ipynb", _key("08_pretraining"))
+    assert "MAE_CIFAR10_TAR" not in seen[0][1] and seen[0][1]["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_grade_refuses_data_that_is_not_there(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        A.main(["--book", str(ROOT), "grade", str(tmp_path), "--data", str(tmp_path / "none.tar.gz")])
+    assert e.value.code == 2 and "none.tar.gz: no such file" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------

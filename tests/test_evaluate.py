@@ -295,3 +295,112 @@ def test_knn_command_with_tune_reports_val_and_test_once(folder):
     assert res["accuracy"] == _knn_on_folder(model, folder, k=res["k"], pool="cls")
     args.tune = False
     assert E.evaluate(args)["tuned"] is False
+
+
+# ---------------------------------------------------------------------------------- defaults that fit the data
+def test_default_val_images_is_a_fifth_of_the_training_split_at_most_5000():
+    sizes = [0, 1, 2, 9, 10, 24, 4096, 25_000, 50_000, 100_000]
+    assert [E.default_val_images(n) for n in sizes] == [0, 0, 1, 1, 2, 4, 819, 5000, 5000, 5000]
+    for n in sizes[2:]:
+        tr, va = E.split_train_val(n, E.default_val_images(n))
+        assert tr and va  # something to train on and something to choose on
+    with pytest.raises(ValueError, match="n must be a whole number >= 0, got -1"):
+        E.default_val_images(-1)
+
+
+@pytest.fixture(scope="module")
+def cached_photo_crops():
+    """``PhotoCrops`` built once per argument set: the no-flag runs below all read the
+    default data (4096 training crops of the offline photos), which takes seconds to make."""
+    real, made = D.PhotoCrops, {}
+
+    def photo_crops_once(*args, **kwargs):
+        key = (args, tuple(sorted(kwargs.items())))
+        if key not in made:
+            made[key] = real(*args, **kwargs)
+        return made[key]
+
+    return photo_crops_once
+
+
+@pytest.fixture
+def default_data(monkeypatch, cached_photo_crops):
+    # No CIFAR-10 archive: the commands must fall back to the offline photos, as on a machine without one.
+    monkeypatch.delenv("MAE_CIFAR10_TAR", raising=False)
+    monkeypatch.setattr(D, "PhotoCrops", cached_photo_crops)
+
+
+def _no_flags(mode, capsys, *extra):
+    """``python -m mae_from_scratch.evaluate MODE`` with no flags but quiet, single-process ones."""
+    rc = E.main([mode, *extra, "--no_progress", "--num_workers", "0", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    return json.loads(lines[-1]), lines[:-1]
+
+
+@pytest.mark.slow
+def test_knn_tune_with_no_flags_holds_out_a_fifth_of_the_default_data(default_data, monkeypatch, capsys):
+    # The features of a random tiny ViT on 5120 images take minutes on a CPU; what is checked here is
+    # which images the command reads and holds out, so the features are the labels plus noise.
+    seen = []
+
+    def label_features(model, loader, *args, **kwargs):
+        labels = torch.tensor(loader.dataset.base.targets)
+        seen.append((type(loader.dataset.base).__name__, len(loader.dataset)))
+        g = torch.Generator().manual_seed(len(labels))
+        return torch.nn.functional.one_hot(labels, 9).float() + 0.3 * torch.randn(len(labels), 9, generator=g), labels
+
+    monkeypatch.setattr(E, "extract_features", label_features)
+    res, printed = _no_flags("knn", capsys, "--tune")
+    assert seen == [("PhotoCrops", 4096), ("PhotoCrops", 1024)]  # the offline photos, train then test
+    assert res["dataset"] == "photos" and res["train_images"] == 4096 and res["test_images"] == 1024
+    assert res["tuned"] is True and res["val_images"] == 819 and set(res["val_accuracy"]) == {"10", "20", "50"}
+    assert printed == ["validation split: 819 of the 4096 training images held out (1/5, at most 5000; "
+                       "--val_images N sets the number, 0 holds out none)"]
+    assert res["accuracy"] > 0.9  # features that are the labels: the chosen k classifies the test split
+
+
+@pytest.mark.slow
+def test_finetune_with_no_flags_trains_on_the_rest_of_the_default_data(default_data, monkeypatch, capsys):
+    # Ten epochs of a tiny ViT on 3277 images take long on a CPU; the split handed to the
+    # training loop is what is checked, with the loop replaced by one that records it.
+    calls = []
+
+    def record(model, train_loader, test_loader, num_classes, epochs, val_loader=None, **kwargs):
+        calls.append((train_loader.dataset, val_loader.dataset, len(test_loader.dataset), num_classes, epochs))
+        return {"accuracy": 0.5, "val_accuracy": [0.5] * epochs, "epochs": epochs}
+
+    monkeypatch.setattr(E, "finetune", record)
+    res, printed = _no_flags("finetune", capsys)
+    (fit, val, test_images, num_classes, epochs), = calls
+    assert (len(fit), len(val), test_images, num_classes, epochs) == (3277, 819, 1024, 9, 10)
+    assert sorted(fit.indices + val.indices) == list(range(4096))  # disjoint, and every image is used
+    assert res["dataset"] == "photos" and res["train_images"] == 3277 and res["val_images"] == 819
+    assert printed == ["validation split: 819 of the 4096 training images held out (1/5, at most 5000; "
+                       "--val_images N sets the number, 0 holds out none)"]
+
+
+@pytest.mark.slow
+def test_explicit_val_images_too_large_for_the_default_data_is_refused(default_data, capsys):
+    cases = [(["finetune", "--val_images", "5000"], "--val_images 5000 leaves nothing to train on: the training split "
+              "has 4096 images; use at most 4095, or --val_images 0 to hold out none"),
+             (["knn", "--tune", "--val_images", "4096"], "--val_images 4096 leaves nothing to train on: the training "
+              "split has 4096 images; use at most 4095, or --val_images 0 to hold out none"),
+             # no default helps here: one image cannot be split in two
+             (["knn", "--tune", "--max_train", "1"], "--tune needs at least 2 training images, one to hold out and "
+              "one to train on: the training split has 1 (after --max_train)")]
+    for argv, message in cases:
+        rc = E.main(argv + ["--no_progress", "--num_workers", "0", "--device", "cpu"])
+        out, err = capsys.readouterr()
+        assert rc == 1 and err.strip().splitlines() == [f"error: {message}"] and "validation split" not in out
+
+
+def test_finetune_without_val_images_on_a_small_folder_holds_out_a_fifth(folder, capsys):
+    # The whole command, training included: 24 training images, 4 held out and scored after the epoch.
+    res, printed = _no_flags("finetune", capsys, "--checkpoint", "random", "--model", "mae_vit_micro_patch4_32",
+                             "--dataset", "imagefolder", "--data_path", str(folder), "--epochs", "1",
+                             "--batch_size", "8")
+    assert res["train_images"] == 20 and res["val_images"] == 4 and len(res["val_accuracy"]) == 1
+    assert printed == ["validation split: 4 of the 24 training images held out (1/5, at most 5000; "
+                       "--val_images N sets the number, 0 holds out none)"]

@@ -96,6 +96,58 @@ def test_sources_run_on_the_oldest_supported_python():
             assert future or not uses, f"{path.name}: 'A | B' annotations need 'from __future__ import annotations'"
 
 
+# Modules that Python 3.12 and 3.13 removed from the standard library (PEP 594, PEP 632, imp).
+REMOVED_BY_313 = {"aifc", "asynchat", "asyncore", "audioop", "cgi", "cgitb", "chunk", "crypt", "distutils",
+                  "imghdr", "imp", "mailcap", "msilib", "nis", "nntplib", "ossaudiodev", "pipes", "smtpd",
+                  "sndhdr", "spwd", "sunau", "telnetlib", "uu", "xdrlib", "lib2to3"}
+
+
+def _all_sources():
+    """Every Python source the project runs: modules, tests, tools, benchmarks, and each
+    notebook's code cells (chapters and student notebooks)."""
+    for path in sorted([*ROOT.glob("mae_from_scratch/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("tools/*.py"),
+                        *ROOT.glob("benchmarks/*.py"), *ROOT.glob("book/_ext/*.py")]):
+        yield path.relative_to(ROOT).as_posix(), path.read_text()
+    for path in sorted([*ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("assignments/*.ipynb")]):
+        nb = nbformat.read(path, as_version=4)
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type == "code":
+                yield f"{path.relative_to(ROOT).as_posix()} cell {i}", cell.source
+
+
+def test_sources_parse_with_the_oldest_and_colabs_python():
+    """Python 3.9's grammar (requires-python) and 3.13's (Colab's runtime as of August 2026),
+    read by parso's grammars of those versions, whatever Python runs the tests; and no module
+    that 3.13 no longer has."""
+    import parso
+
+    grammars = {v: parso.load_grammar(version=v) for v in ("3.9", "3.13")}
+    checked = 0
+    for name, source in _all_sources():
+        for version, grammar in grammars.items():
+            errors = list(grammar.iter_errors(grammar.parse(source)))
+            assert not errors, (f"{name} is not Python {version}: line {errors[0].start_pos[0]}: "
+                                f"{errors[0].message}")
+        for node in ast.walk(ast.parse(source)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            gone = {n.split(".")[0] for n in names} & REMOVED_BY_313
+            assert not gone, f"{name} imports {sorted(gone)}, which Python 3.13 removed"
+        checked += 1
+    assert checked > 200
+
+
+def test_a_newer_grammar_is_told_apart():
+    """The check above can fail: 3.12's type statement is refused by 3.9's grammar, and
+    Python 2's print statement by both."""
+    import parso
+
+    assert list(parso.load_grammar(version="3.9").iter_errors(parso.parse("type X = int\n", version="3.9")))
+    for v in ("3.9", "3.13"):
+        grammar = parso.load_grammar(version=v)
+        assert list(grammar.iter_errors(grammar.parse("print 'x'\n")))
+
+
 def test_every_notebook_is_in_the_toc_and_has_a_check_cell():
     toc = (ROOT / "_toc.yml").read_text()
     for path in stamp_setup_cell.notebooks():

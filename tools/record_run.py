@@ -158,6 +158,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="skip the probe and train this many epochs")
     p.add_argument("--max_images", type=int, default=None, help="tiny dry runs only")
     p.add_argument("--eval_max", type=int, default=None, help="tiny dry runs only: evaluate on this many images")
+    p.add_argument("--compile", default="preset", choices=("preset", "on", "off"),
+                   help="torch.compile the model during pretraining: the preset's choice, or on/off")
     a = p.parse_args(argv)
     if (a.budget_min is None) == (a.epochs is None):
         p.error("give one of --budget_min (the probe sets --epochs) and --epochs")
@@ -205,6 +207,8 @@ def main(argv=None) -> int:
         command += ["--recon_every", str(a.recon_every)]
     if a.max_images is not None:
         command += ["--max_images", str(a.max_images)]
+    if a.compile != "preset":
+        command.append("--compile" if a.compile == "on" else "--no_compile")
     record["pretrain_argv"] = command
     log("pretrain: python -m mae_from_scratch.pretrain " + " ".join(command))
 
