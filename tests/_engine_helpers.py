@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -79,3 +81,18 @@ def poison_loss_at_call(monkeypatch, pretrain_module, call: int = 5) -> None:
         return model
 
     monkeypatch.setattr(pretrain_module, "create_model", create_poisoned)
+
+
+def run_two_ranks(script_text: str, tmp_path: Path, args: list, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``script_text`` as two gloo ranks under torchrun, its first argument ``tmp_path``, then ``args``;
+    one thread per rank, so the two share the machine's cores.  Asserts that both ranks ended well."""
+    script = tmp_path / "rank.py"
+    script.write_text(script_text)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(tmp_path), *args],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r

@@ -3,14 +3,12 @@ train like one process with the same global batch."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
+from _engine_helpers import run_two_ranks
 from mae_from_scratch import pretrain as P
 from mae_from_scratch.checkpoint import load_training_checkpoint
 from mae_from_scratch.metrics import read_step_log
@@ -28,16 +26,8 @@ ARGS = ["--preset", "cpu_smoke", "--num_photos", "64", "--max_images", "64", "--
 
 @pytest.mark.slow
 def test_two_gloo_ranks_stay_in_sync_and_match_one_process(tmp_path):
-    script = tmp_path / "rank.py"
-    script.write_text(_RANK_SCRIPT)
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(tmp_path), *ARGS, "--batch_size", "4", "--output_dir", str(out)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    r = run_two_ranks(_RANK_SCRIPT, tmp_path, [*ARGS, "--batch_size", "4", "--output_dir", str(out)])
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # bit-identical replicas

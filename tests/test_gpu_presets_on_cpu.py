@@ -29,16 +29,13 @@ What the CPU stands in for, and what it cannot:
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 from PIL import Image
 
-from _engine_helpers import make_cifar_like_folder, make_image_folder
+from _engine_helpers import make_cifar_like_folder, make_image_folder, run_two_ranks
 from mae_from_scratch import pretrain as P
 from mae_from_scratch.checkpoint import load_training_checkpoint
 from mae_from_scratch.metrics import read_step_log
@@ -222,16 +219,8 @@ def test_gpu_imagenet_base_preset_under_ddp_compiled_after_the_wrap_matches_one_
     # the preset's: fp32 on a CPU, which a single process reproduces to rounding (bf16 is above).
     args = ["--preset", "gpu_imagenet_base", *SMALL, "--blr", "0.01", "--data_path", str(data), "--pin_mem",
             "--max_steps", "2"]
-    script = tmp_path / "rank.py"
-    script.write_text(_RANK_SCRIPT)
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(tmp_path), *args, "--batch_size", "2", "--output_dir", str(out)],
-        capture_output=True, text=True, env=env, timeout=400,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    r = run_two_ranks(_RANK_SCRIPT, tmp_path, [*args, "--batch_size", "2", "--output_dir", str(out)], timeout=400)
     assert r.stdout.count("effective batch 16 (2 x 4 accum x 2 processes)") == 1
     assert "(pil loader)" in r.stdout and "precision fp32" in r.stdout
     assert "'pin_memory' argument is set as true" in r.stderr  # reached the DataLoader (which has no GPU to pin for)
