@@ -69,7 +69,7 @@ from mae_from_scratch.metrics import read_jsonl  # noqa: E402
 from mae_from_scratch.model import create_model  # noqa: E402
 from mae_from_scratch.photos import PhotoCrops  # noqa: E402
 from mae_from_scratch.pretrain import _parse  # noqa: E402
-from mae_from_scratch.run_record import hardware  # noqa: E402
+from mae_from_scratch.run_record import hardware, write_json  # noqa: E402
 from mae_from_scratch.timing import (  # noqa: E402
     compare_with_hf, gpu_peak_tflops, loader_images_per_s, train_step_images_per_s,
 )
@@ -116,12 +116,6 @@ def _version(package: str) -> str | None:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 class Report:

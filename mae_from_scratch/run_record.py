@@ -96,6 +96,15 @@ def data_record(dataset: str, data_path, num_images: int) -> dict:
     return rec
 
 
+def write_json(path, obj) -> None:
+    """``obj`` as indented JSON in ``path``, replaced whole: a reader (or a kill) never meets
+    half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
 def cpu_seconds() -> float:
     """CPU time (user + system) of this process and of its finished child processes
     (on Windows, of this process only)."""
@@ -177,6 +186,4 @@ class RunRecord:
         self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.record, indent=1, default=str) + "\n")
-        os.replace(tmp, self.path)
+        write_json(self.path, self.record)

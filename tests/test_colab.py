@@ -26,11 +26,11 @@ import nbformat
 import pytest
 
 from mae_from_scratch import assignments as A
+from test_assignments import _solved  # the student notebook, its exercises solved
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".cache" / "colab-venv"
 CHAPTERS = A.chapters(ROOT)
-STUDENT_DIR = ROOT / A.settings(ROOT).folder
 # What a Colab runtime has besides torch: its usual packages, and Jupyter's kernel.
 COLAB_PACKAGES = ["numpy", "matplotlib", "pillow", "pandas", "scikit-learn", "ipykernel"]
 # The book's tools, and the tests' own: none of them may be in the Colab environment.
@@ -90,17 +90,6 @@ def test_the_environment_is_like_colabs(colab_python):
     assert "site-packages" in out["file"] and not out["file"].startswith(str(ROOT / "mae_from_scratch")), out
 
 
-def _solved_student(name: str):
-    """The committed student notebook, with the chapter's reference solutions in its exercises."""
-    key = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-    nb = nbformat.read(STUDENT_DIR / f"{name}.ipynb", as_version=4)
-    solutions = {A.grade_id(c): c.source for c in key.cells if c.cell_type == "code" and A.is_solution(c)}
-    for cell in nb.cells:
-        if cell.cell_type == "code" and A.is_solution(cell):
-            cell.source = solutions[A.grade_id(cell)]
-    return nb
-
-
 CASES = [pytest.param("chapter", p.stem, id=f"chapter-{p.stem[:2]}") for p in CHAPTERS] + [
     pytest.param("student", p.stem, id=f"student-{p.stem[:2]}") for p in CHAPTERS]
 
@@ -110,7 +99,7 @@ def test_runs_alone_in_an_empty_folder(colab_python, tmp_path, monkeypatch, kind
     from nbclient import NotebookClient
 
     nb = (nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4) if kind == "chapter"
-          else _solved_student(name))
+          else _solved(name))
     content = tmp_path / "content"  # Colab's working folder, empty but for the notebook
     content.mkdir()
     nbformat.write(nb, str(content / f"{name}.ipynb"))
