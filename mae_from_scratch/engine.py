@@ -8,8 +8,7 @@ minute on a CPU.  :func:`train_one_epoch` is the pretraining epoch.
 
 from __future__ import annotations
 
-import contextlib
-import math
+import itertools
 import sys
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from tqdm import tqdm  # plain tqdm: the widget form does not render in the stat
 from .distributed import all_reduce_mean
 from .optim import build_optimizer, set_lr
 from .precision import choose_precision
+from .train_step import train_step
 
 
 def train_steps(
@@ -61,24 +61,19 @@ def train_steps(
         if batch_size is not None and batch_size < n:
             batch = imgs[torch.randperm(n, generator=g)[:batch_size].to(device)]
         noise = torch.rand(batch.shape[0], num_patches, generator=g).to(device)
-        loss, pred, mask = model(batch, mask_ratio=mask_ratio, noise=noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        res = train_step(model, opt, lambda b: model(b, mask_ratio=mask_ratio, noise=noise), [batch],
+                         device=device, where=f"step {step}")
+        _, pred, mask = res.output
         with torch.no_grad():
             # The same error on the patches the encoder saw (ignored by the objective).
             loss_visible = model.forward_loss(batch, pred, 1 - mask) if mask.sum() < mask.numel() else torch.tensor(float("nan"))
-        log.append({"step": step, "loss": loss.item(), "loss_visible": loss_visible.item()})
+        log.append({"step": step, "loss": res.loss, "loss_visible": loss_visible.item()})
     return log
 
 
 # ==================================================================================
 # The pretraining epoch (used by :mod:`mae_from_scratch.pretrain`)
 # ==================================================================================
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stops before the optimizer step."""
 
 
 @dataclass
@@ -124,6 +119,7 @@ def train_one_epoch(
     mask_ratio: float = 0.75,
     accum_iter: int = 1,
     start_step: int = 0,
+    end_step: int | None = None,
     precision=None,
     scaler=None,
     clip_grad: float | None = None,
@@ -132,74 +128,55 @@ def train_one_epoch(
     after_step: Callable[[StepInfo], None] | None = None,
     progress: bool = True,
 ) -> EpochMeter:
-    """Run optimizer steps ``start_step .. steps_per_epoch - 1`` of ``epoch``.
+    """Run optimizer steps ``start_step .. end_step - 1`` of ``epoch`` (``end_step``
+    defaults to ``steps_per_epoch``, the whole epoch; a smaller one stops early).
 
     ``data_loader`` yields ``(imgs (B, 3, s, s), noise (B, L))`` already positioned
-    at ``start_step`` (see :class:`~mae_from_scratch.data.ResumableSampler`).
-    The learning rate is set before every optimizer step from ``lr_fn(epoch +
-    step / steps_per_epoch)``.  Every step goes through ``scaler`` (by default
-    ``precision.grad_scaler(device)``: a real GradScaler for fp16, a disabled one,
-    which changes nothing, for fp32 and bf16), so there is one code path.  ``after_step`` is called after each optimizer step
-    (logging, checkpoints).  Raises :class:`NonFiniteLossError` before stepping on
-    a NaN/inf loss, so the last checkpoint written stays the last good one.
+    at ``start_step`` (see :class:`~mae_from_scratch.data.ResumableSampler`); each
+    optimizer step takes ``accum_iter`` of its batches.  The learning rate is set
+    before every step from ``lr_fn(epoch + step / steps_per_epoch)``.  Each step is
+    :func:`~mae_from_scratch.train_step.train_step` (precision, GradScaler,
+    clipping, and a :class:`~mae_from_scratch.train_step.NonFiniteLossError` before
+    the weights change, so the last checkpoint written stays the last good one).
+    ``after_step`` is called after each step (logging, checkpoints).
     """
+    end_step = steps_per_epoch if end_step is None else end_step
     precision = precision or choose_precision("cpu", "fp32")
     scaler = scaler if scaler is not None else precision.grad_scaler(device)
     meter = meter or EpochMeter()
     model.train()
-    step = start_step
-    micro_losses = []
+    batches = iter(data_loader)
     images = 0
     t0 = time.perf_counter()
-    total_micro = (steps_per_epoch - start_step) * accum_iter
     # Plain tqdm (not tqdm.auto's widget, which a static book cannot render).
     bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch}", disable=not progress,
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 2.0, file=sys.stderr)
-    for i, (imgs, noise) in enumerate(data_loader):
-        if i >= total_micro:
-            break
-        last_micro = (i + 1) % accum_iter == 0
-        if i % accum_iter == 0:
+
+    def loss_fn(batch):
+        imgs, noise = batch
+        return model(imgs.to(device, non_blocking=True), mask_ratio=mask_ratio,
+                     noise=noise.to(device, non_blocking=True))
+
+    try:
+        for step in range(start_step, end_step):
+            micro_batches = list(itertools.islice(batches, accum_iter))
+            if len(micro_batches) < accum_iter:
+                break  # the loader ran out (it holds whole steps only, so this is its end)
             lr = lr_fn(epoch + step / steps_per_epoch)
             set_lr(optimizer, lr)
-        imgs = imgs.to(device, non_blocking=True)
-        noise = noise.to(device, non_blocking=True)
-        # Under DDP, skip the gradient all-reduce on micro-batches that do not step.
-        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with precision.autocast(device):
-                loss, _, _ = model(imgs, mask_ratio=mask_ratio, noise=noise)
-            loss_value = loss.item()
-            micro_losses.append(loss_value)
-            scaler.scale(loss / accum_iter).backward()
-        images += imgs.shape[0]
-        if not last_micro:
-            continue
-
-        step_loss = all_reduce_mean(sum(micro_losses) / len(micro_losses), device)
-        micro_losses = []
-        if not math.isfinite(step_loss):
-            bar.close()
-            raise NonFiniteLossError(
-                f"the loss is {step_loss} at epoch {epoch}, step {step} of {steps_per_epoch}; stopping "
-                "before the optimizer step so the weights stay finite"
-            )
-        if clip_grad is not None:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        meter.loss_sum += step_loss
-        meter.steps += 1
-
-        ips = images * world_size / max(time.perf_counter() - t0, 1e-9)
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}", refresh=False)
-        if after_step is not None:
-            after_step(StepInfo(epoch, step, epoch * steps_per_epoch + step, step_loss, lr, ips))
-    bar.close()
+            res = train_step(model, optimizer, loss_fn, micro_batches, device=device, precision=precision,
+                             scaler=scaler, clip_grad=clip_grad, reduce=lambda x: all_reduce_mean(x, device),
+                             where=f"epoch {epoch}, step {step} of {steps_per_epoch}")
+            images += sum(imgs.shape[0] for imgs, _ in micro_batches)
+            meter.loss_sum += res.loss
+            meter.steps += 1
+            ips = images * world_size / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{res.loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}", refresh=False)
+            if after_step is not None:
+                after_step(StepInfo(epoch, step + 1, epoch * steps_per_epoch + step + 1, res.loss, lr, ips))
+    finally:
+        bar.close()
     return meter
 
 

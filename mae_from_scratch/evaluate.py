@@ -471,6 +471,7 @@ def finetune(encoder: MaskedAutoencoderViT, train_loader, test_loader, num_class
     and the recipe's settings.
     """
     from .optim import lr_at, param_groups_layer_decay, set_lr
+    from .train_step import train_step
 
     for name, value in (("layer_decay", layer_decay), ("drop_path", drop_path), ("smoothing", smoothing)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -502,13 +503,11 @@ def finetune(encoder: MaskedAutoencoderViT, train_loader, test_loader, num_class
             for i, (imgs, y) in enumerate(tqdm(train_loader, desc=f"finetune {epoch}", disable=not progress,
                                                mininterval=2.0)):
                 set_lr(opt, lr_at(epoch + i / steps, lr, min_lr, warmup_epochs, epochs))
-                with precision.autocast(device):
-                    loss = F.cross_entropy(model(imgs.to(device)), torch.as_tensor(y).to(device),
-                                           label_smoothing=smoothing)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+                train_step(model, opt, lambda batch: F.cross_entropy(model(batch[0].to(device)),
+                                                                     torch.as_tensor(batch[1]).to(device),
+                                                                     label_smoothing=smoothing),
+                           [(imgs, y)], device=device, precision=precision, scaler=scaler,
+                           where=f"fine-tuning epoch {epoch}, step {i}")
             if val_loader is not None:
                 val_accuracy.append(_accuracy(model, val_loader, device, precision))
         acc = None if test_loader is None else _accuracy(model, test_loader, device, precision)

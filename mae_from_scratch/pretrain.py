@@ -62,7 +62,8 @@ from .checkpoint import (
 )
 from .device_data import DeviceBatchLoader, NotUniformError, decode_images, first_image_nbytes, fits_on_device
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed
-from .engine import EpochMeter, NonFiniteLossError, StepInfo, compile_model, train_one_epoch
+from .engine import EpochMeter, StepInfo, compile_model, train_one_epoch
+from .train_step import NonFiniteLossError
 from .masking import num_kept
 from .metrics import EPOCH_LOG, STEP_LOG, MetricsWriter
 from .model import MODELS, create_model

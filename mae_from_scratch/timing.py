@@ -39,6 +39,7 @@ from typing import Callable, Iterable
 import torch
 
 from .engine import compile_model
+from .train_step import train_step
 from .flops import encoder_decoder_flops, flops_saving
 from .model import MAEConfig, MaskedAutoencoderViT, create_model
 from .precision import Precision, choose_precision
@@ -199,7 +200,8 @@ def _as_precision(device: torch.device, precision) -> Precision:
 def _make_step(model: torch.nn.Module, forward: Callable, device: torch.device, precision: Precision):
     """One training step of ``model`` as a function ``(imgs, noise) -> seconds``.
 
-    The same AdamW (``betas=(0.9, 0.95)``, weight decay 0.05 on every trainable
+    The step is the one every loop trains with (:func:`~mae_from_scratch.train_step.train_step`,
+    its non-finite check included), so the time is a training step's.  The same AdamW (``betas=(0.9, 0.95)``, weight decay 0.05 on every trainable
     tensor) for any model, so two models are timed on the same footing; fp16
     goes through a GradScaler, as in training.
     """
@@ -211,12 +213,8 @@ def _make_step(model: torch.nn.Module, forward: Callable, device: torch.device, 
     def step(imgs: torch.Tensor, noise: torch.Tensor) -> float:
         _sync(device)
         t = time.perf_counter()
-        with precision.autocast(device):
-            loss = forward(imgs, noise)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        train_step(model, opt, lambda batch: forward(*batch), [(imgs, noise)], device=device, precision=precision,
+                   scaler=scaler)
         _sync(device)
         return time.perf_counter() - t
 

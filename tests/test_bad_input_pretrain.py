@@ -26,7 +26,7 @@ from mae_from_scratch import data as D
 from mae_from_scratch import pretrain as P
 from mae_from_scratch.cli_checks import InputError
 from mae_from_scratch.checkpoint import load_training_checkpoint
-from mae_from_scratch.engine import NonFiniteLossError
+from mae_from_scratch.train_step import NonFiniteLossError
 from mae_from_scratch.metrics import read_epoch_log, read_step_log
 
 BASE = ["--preset", "cpu_smoke", "--num_photos", "64", "--max_images", "64", "--batch_size", "8",
