@@ -228,12 +228,14 @@ def load_official_checkpoint(model: nn.Module, checkpoint, strict: bool = True, 
 # ==================================================================================
 
 
-def training_checkpoint(model, optimizer, scaler, args, *, epoch: int, epoch_step: int, steps_per_epoch: int,
+def training_checkpoint(model, optimizer, scaler, config, *, epoch: int, epoch_step: int, steps_per_epoch: int,
                         epoch_meter, dataset) -> dict:
     """The checkpoint of a pretraining run at optimizer step ``epoch_step`` of ``epoch``.
 
     ``model`` is the unwrapped :class:`~mae_from_scratch.MaskedAutoencoderViT`;
-    ``args`` the run's namespace; ``epoch_meter`` the running sums of the epoch
+    ``config`` the run's :class:`~mae_from_scratch.run_config.RunConfig`, saved twice:
+    as the official layout's flat ``args``, which a resume reads, and as ``config``,
+    each setting under its source (asked, preset, default, checkpoint, derived); ``epoch_meter`` the running sums of the epoch
     (anything with ``state_dict()``); ``dataset`` a
     :class:`~mae_from_scratch.data.DatasetInfo` (name, statistics, classes).
     The epoch is complete when ``epoch_step == steps_per_epoch``.
@@ -246,7 +248,8 @@ def training_checkpoint(model, optimizer, scaler, args, *, epoch: int, epoch_ste
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
         "scaler": scaler.state_dict(),
-        "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "args": config.as_args(),
+        "config": config.as_record(),
         "step": epoch * steps_per_epoch + epoch_step,  # optimizer steps since the start
         "epoch_step": epoch_step,  # optimizer steps done in `epoch` (the sampler position)
         "steps_per_epoch": steps_per_epoch,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -215,9 +216,10 @@ def extract_archive(path, cache_dir=None) -> Path:
     """Extract ``path`` (.tar, .tar.gz, .tgz) once and return the extraction folder.
 
     The folder is named after the archive and a hash of its absolute path, size
-    and modification time, so a changed archive is extracted again.  A marker
-    file written last says the extraction finished; an interrupted one is
-    redone.  Members that would land outside the folder (``../x``, absolute
+    and modification time, so a changed archive is extracted again.  It is
+    extracted into a private folder that is renamed into place when complete (with
+    a marker file inside), so an interrupted extraction is redone and two processes
+    extracting at once never see each other's half-written files.  Members that would land outside the folder (``../x``, absolute
     paths) or are links are refused.
     """
     path = Path(path)
@@ -228,23 +230,35 @@ def extract_archive(path, cache_dir=None) -> Path:
     stem = path.name.removesuffix(".gz").removesuffix(".tgz").removesuffix(".tar")
     dest = Path(cache_dir) if cache_dir is not None else data_cache_dir()
     dest = dest / f"{stem}-{key}"
-    marker = dest / ".extracted"
-    if marker.is_file():
+    if (dest / ".extracted").is_file():
         return dest
-    dest.mkdir(parents=True, exist_ok=True)
+    # Extracted into a private folder, then renamed into place in one step: two processes that
+    # extract at once (two notebooks, two test workers) never read each other's half-written files.
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try:
         with tarfile.open(path) as tar:
             members = tar.getmembers()
             for m in members:
-                _check_member(m, dest)
+                _check_member(m, tmp)
             if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, members=members, filter="data")
+                tar.extractall(tmp, members=members, filter="data")
             else:  # Python < 3.11.4: members were checked above
-                tar.extractall(dest, members=members)
+                tar.extractall(tmp, members=members)
+        (tmp / ".extracted").write_text(str(path.resolve()))
+        if dest.is_dir() and not (dest / ".extracted").is_file():
+            shutil.rmtree(dest)  # left by an extraction that was cut short
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another process finished first: its folder is as good as ours
+            if not (dest / ".extracted").is_file():
+                raise
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:  # a cut-off .gz ends in EOFError
         raise DataError(f"cannot read archive {path} (truncated or corrupted?): {type(e).__name__}: {e}; "
                         "download or copy it again") from e
-    marker.write_text(str(path.resolve()))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -16,6 +16,7 @@ import torch
 from mae_from_scratch import checkpoint as C
 from mae_from_scratch import data as D
 from mae_from_scratch import evaluate as E
+from mae_from_scratch.features import load_encoder
 from mae_from_scratch.model import mae_vit_micro_patch4_32
 
 from _engine_helpers import make_cifar_like_folder, make_image_folder
@@ -187,7 +188,7 @@ def test_api_refuses_zero_input_size(ckpts):
     with pytest.raises(ValueError, match="input_size must be a positive integer, got 0"):
         C.load_encoder_checkpoint(ckpts / "official.pth", input_size=0)
     with pytest.raises(ValueError, match="input_size must be a positive integer, got 0"):
-        E.load_encoder("random", MICRO, input_size=0)
+        load_encoder("random", MICRO, input_size=0)
 
 
 # ---------------------------------------------------------------------------------- class folders

@@ -263,16 +263,30 @@ def test_resume_of_an_official_weights_only_file(capsys, out, finished_run):
             r"mae_pretrain\.pth holds model weights only .*resume.*load_official_checkpoint", out)
 
 
-def test_relative_data_path_from_the_checkpoint_is_said_to_come_from_it(capsys, tmp_path, monkeypatch):
+def test_a_relative_data_path_is_saved_absolute_so_a_resume_elsewhere_finds_it(capsys, tmp_path, monkeypatch):
     work = tmp_path / "work"
     make_image_folder(work / "data", per_class=6)
     monkeypatch.chdir(work)
     out = tmp_path / "run"
     args = [*BASE, "--max_images", "16", "--batch_size", "4", "--output_dir", str(out)]
     assert P.main([*args, "--data_path", "data", "--max_steps", "2"]) == 0
+    ck = load_training_checkpoint(out / "checkpoint-last.pth")
+    assert ck["args"]["data_path"] == str(work / "data")  # derived: the absolute path
+    assert ck["config"]["asked_before_derived"]["data_path"] == "data"  # what was typed
     monkeypatch.chdir(tmp_path)
+    assert P.main([*args, "--auto_resume", "--max_steps", "3"]) == 0
+    assert load_training_checkpoint(out / "checkpoint-last.pth")["step"] == 3
+
+
+def test_a_missing_data_path_from_the_checkpoint_is_said_to_come_from_it(capsys, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    make_image_folder(work / "data", per_class=6)
+    out = tmp_path / "run"
+    args = [*BASE, "--max_images", "16", "--batch_size", "4", "--output_dir", str(out)]
+    assert P.main([*args, "--data_path", str(work / "data"), "--max_steps", "2"]) == 0
+    (work / "data").rename(work / "moved")
     refused(capsys, [*args, "--auto_resume"],
-            r"data path not found: data .*the data path 'data' comes from the checkpoint .*checkpoint-last\.pth.*"
+            r"data path not found: .*data .*the data path .*data' comes from the checkpoint .*checkpoint-last\.pth.*"
             r"give --data_path", out)
 
 

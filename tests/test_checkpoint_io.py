@@ -70,20 +70,21 @@ def _micro():
 
 
 def test_training_checkpoint_round_trip_gives_back_the_encoder(tmp_path):
-    import argparse
-
     from mae_from_scratch.data import dataset_info
     from mae_from_scratch.engine import EpochMeter
     from mae_from_scratch.optim import build_optimizer
+    from mae_from_scratch.run_config import initial_config
 
     model = _micro()
     opt = build_optimizer(model, 1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    args = argparse.Namespace(model="mae_vit_micro_patch4_32", mean=(0.1, 0.2, 0.3), data_path="/data/x")
-    state = C.training_checkpoint(model, opt, scaler, args, epoch=2, epoch_step=3, steps_per_epoch=5,
+    config = initial_config(None, ["--model", "mae_vit_micro_patch4_32", "--data_path", "/data/x"], {})
+    config = config.derive(mean=(0.1, 0.2, 0.3))
+    state = C.training_checkpoint(model, opt, scaler, config, epoch=2, epoch_step=3, steps_per_epoch=5,
                                   epoch_meter=EpochMeter(loss_sum=1.5, steps=3), dataset=dataset_info("cifar10"))
     assert (state["epoch"], state["step"], state["epoch_step"]) == (2, 13, 3)
     assert state["args"]["mean"] == [0.1, 0.2, 0.3]  # tuples become lists: weights_only-safe
+    assert state["config"]["asked"]["data_path"] == "/data/x" and state["config"]["derived"]["mean"] == [0.1, 0.2, 0.3]
     C.save_atomic(state, tmp_path / "ck.pth")
     ck = C.load_training_checkpoint(tmp_path / "ck.pth")
     assert ck["epoch_meter"] == {"loss_sum": 1.5, "steps": 3} and ck["dataset"]["name"] == "cifar10"

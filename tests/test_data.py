@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tarfile
+from pathlib import Path
 import urllib.error
 
 import pytest
@@ -162,3 +163,35 @@ def test_shared_cifar10_archive(monkeypatch):
     assert len(ds) == 10_000 and ds.base.classes == list(D.CIFAR10_CLASSES)
     img, label = ds[0]
     assert img.size == (32, 32) and label == 0
+
+
+def _extract_in_a_child(args):
+    from mae_from_scratch.data import extract_archive
+    return str(extract_archive(*args))
+
+
+def test_two_processes_extracting_one_archive_both_get_it_whole(tmp_path):
+    import multiprocessing
+    root = make_image_folder(tmp_path / "src", per_class=20, size=32)
+    tar = make_tar(root, tmp_path / "data.tar.gz", "top")
+    cache = tmp_path / "cache"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        a, b = pool.map(_extract_in_a_child, [(tar, cache), (tar, cache)])
+    assert a == b
+    expected = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    got = sorted(p.relative_to(Path(a) / "top").as_posix() for p in Path(a).rglob("*.png"))
+    assert got == expected and len(got) == 2 * 3 * 20
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")], "a private folder was left behind"
+
+
+def test_a_half_extracted_folder_is_extracted_again(tmp_path):
+    from mae_from_scratch.data import extract_archive
+    root = make_image_folder(tmp_path / "src", per_class=2, size=32)
+    tar = make_tar(root, tmp_path / "data.tar.gz", "top")
+    dest = extract_archive(tar, tmp_path / "cache")
+    (dest / ".extracted").unlink()  # as if the extraction had been cut short
+    for p in list(dest.rglob("*.png"))[:2]:
+        p.unlink()
+    again = extract_archive(tar, tmp_path / "cache")
+    assert again == dest and (dest / ".extracted").is_file()
+    assert len(list(dest.rglob("*.png"))) == len(list(root.rglob("*.png")))

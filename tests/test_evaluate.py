@@ -14,8 +14,13 @@ from _engine_helpers import cifar_tar_path, make_image_folder
 from mae_from_scratch import data as D
 from mae_from_scratch import evaluate as E
 from mae_from_scratch.engine import train_steps
+from mae_from_scratch.features import extract_features, load_encoder
+from mae_from_scratch.finetune import finetune
+from mae_from_scratch.knn import knn_accuracy, knn_evaluation, knn_predict
+from mae_from_scratch.linear_probe import linear_probe, linear_probe_evaluation
 from mae_from_scratch.model import MaskedAutoencoderViT, mae_vit_micro_patch4_32
 from mae_from_scratch.photos import normalize, photo_crops
+from mae_from_scratch.validation import _key, choose_on_val, default_val_images, split_train_val
 
 
 def _clusters(n_per_class=30, dim=16, classes=4, seed=0, spread=0.3):
@@ -32,16 +37,16 @@ def test_knn_votes_are_similarity_weighted():
     # The query is closest to the class-1 point; k=3 with two class-0 points:
     # a sharp temperature lets the single nearest neighbour win, a flat one lets the majority win.
     q = torch.tensor([[0.2, 1.0]])
-    assert E.knn_predict(train, labels, q, k=3, temperature=0.01).item() == 1
-    assert E.knn_predict(train, labels, q, k=3, temperature=100.0).item() == 0
+    assert knn_predict(train, labels, q, k=3, temperature=0.01).item() == 1
+    assert knn_predict(train, labels, q, k=3, temperature=100.0).item() == 0
 
 
 def test_knn_and_linear_probe_separate_clusters():
     xtr, ytr = _clusters(seed=0)
     xte, yte = _clusters(seed=0, n_per_class=10)  # same centres, fresh noise below
     xte = xte + 0.3 * torch.randn(xte.shape, generator=torch.Generator().manual_seed(1))
-    assert E.knn_accuracy(xtr, ytr, xte, yte, k=5) == 1.0
-    acc, probe = E.linear_probe(xtr, ytr, xte, yte, epochs=30, batch_size=32, return_probe=True)
+    assert knn_accuracy(xtr, ytr, xte, yte, k=5) == 1.0
+    acc, probe = linear_probe(xtr, ytr, xte, yte, epochs=30, batch_size=32, return_probe=True)
     assert acc == 1.0
     assert isinstance(probe.bn, torch.nn.BatchNorm1d) and not probe.bn.affine  # the paper's probe
 
@@ -57,11 +62,11 @@ def _one_hot_features(n_per_class, classes=10, seed=0, noise=0.1):
 def test_knn_is_perfect_on_label_features_and_chance_on_shuffled_labels():
     xtr, ytr = _one_hot_features(50, seed=0)
     xte, yte = _one_hot_features(30, seed=1)
-    assert E.knn_accuracy(xtr, ytr, xte, yte) == 1.0
+    assert knn_accuracy(xtr, ytr, xte, yte) == 1.0
     # The same features with the training labels shuffled carry no information: 10 classes,
     # so chance is 0.1.  Over shuffle seeds 0-19 the accuracy was 0.01-0.19 (mean 0.096).
     shuffled = ytr[torch.randperm(len(ytr), generator=torch.Generator().manual_seed(2))]
-    assert E.knn_accuracy(xtr, shuffled, xte, yte) < 0.25
+    assert knn_accuracy(xtr, shuffled, xte, yte) < 0.25
 
 
 def test_linear_probe_needs_a_linear_boundary():
@@ -75,9 +80,9 @@ def test_linear_probe_needs_a_linear_boundary():
     x = x[(x @ w).abs() / w.norm() > 0.5]
     y = (x @ w > 0).long()
     xtr, ytr, xte, yte = x[:300], y[:300], x[300:], y[300:]
-    assert E.linear_probe(xtr, ytr, xte, yte, epochs=30, batch_size=64) == 1.0
+    assert linear_probe(xtr, ytr, xte, yte, epochs=30, batch_size=64) == 1.0
     xor = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long()
-    assert E.linear_probe(xtr, xor[:300], xte, xor[300:], epochs=30, batch_size=64) < 0.75
+    assert linear_probe(xtr, xor[:300], xte, xor[300:], epochs=30, batch_size=64) < 0.75
 
 
 def _folder_features(model, folder, pool, mean=D.IMAGENET_MEAN, std=D.IMAGENET_STD):
@@ -86,12 +91,12 @@ def _folder_features(model, folder, pool, mean=D.IMAGENET_MEAN, std=D.IMAGENET_S
     for split in ("train", "test"):
         ds = D.build_dataset("imagefolder", split, folder, transform=t)
         batch = (torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor([ds[i][1] for i in range(len(ds))]))
-        out.extend(E.extract_features(model, [batch], pool=pool))
+        out.extend(extract_features(model, [batch], pool=pool))
     return out
 
 
 def _knn_on_folder(model, folder, k, pool, **stats):
-    return E.knn_accuracy(*_folder_features(model, folder, pool, **stats), k=k)
+    return knn_accuracy(*_folder_features(model, folder, pool, **stats), k=k)
 
 
 def _photo_split(split, n=1024):
@@ -113,9 +118,9 @@ def test_pretraining_makes_knn_features_better_than_random_ones():
                                  decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
 
     def knn():
-        ftr, _ = E.extract_features(model, [(xtr, ytr)], pool="mean")
-        fte, _ = E.extract_features(model, [(xte, yte)], pool="mean")
-        return E.knn_accuracy(ftr, ytr, fte, yte)
+        ftr, _ = extract_features(model, [(xtr, ytr)], pool="mean")
+        fte, _ = extract_features(model, [(xte, yte)], pool="mean")
+        return knn_accuracy(ftr, ytr, fte, yte)
 
     random_acc = knn()
     n = torch.get_num_threads()
@@ -145,7 +150,7 @@ def test_finetune_learns_a_spatial_task():
 
     torch.manual_seed(0)
     train, test = images(16), images(8)
-    acc = E.finetune(mae_vit_micro_patch4_32(), train, test, num_classes=3, epochs=5, blr=1e-3, warmup_epochs=1)
+    acc = finetune(mae_vit_micro_patch4_32(), train, test, num_classes=3, epochs=5, blr=1e-3, warmup_epochs=1)
     assert acc >= 0.9
 
 
@@ -174,7 +179,7 @@ def test_evaluate_in_process_on_our_and_official_checkpoints(tmp_path, folder):
          "imagefolder", "--num_workers", "0", "--device", "cpu", "--no_progress", "--k", "3"])
     res = E.evaluate(args)
     assert res["source"] == "official" and res["train_images"] == 24 and res["test_images"] == 24
-    loaded = E.load_encoder(str(tmp_path / "official.pth")).model  # the architecture is inferred from shapes
+    loaded = load_encoder(str(tmp_path / "official.pth")).model  # the architecture is inferred from shapes
     assert loaded.config == model.config and torch.equal(loaded.blocks[0].attn.qkv.weight,
                                                          model.blocks[0].attn.qkv.weight)
     # the command's number is the kNN of this encoder on folder/train vs folder/test, ImageNet statistics
@@ -190,7 +195,7 @@ def test_evaluate_in_process_on_our_and_official_checkpoints(tmp_path, folder):
     assert tuned["tuned"] is False and tuned["drop_path"] == 0.1 and tuned["smoothing"] == 0.1
 
     for pool in ("cls", "mean"):
-        f, y = E.extract_features(model, [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))], pool=pool)
+        f, y = extract_features(model, [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))], pool=pool)
         assert f.shape == (2, 96) and y.tolist() == [0, 1]
 
 
@@ -213,13 +218,13 @@ def test_evaluate_cli_knn_and_linprobe_on_a_pretrained_checkpoint(tmp_path, fold
     assert lin["mode"] == "linprobe"
     # The command's numbers are those of the checkpoint's encoder, under the statistics stored in it
     # (the offline photos: ImageNet's), on folder/train vs folder/test.
-    enc = E.load_encoder(ck)
+    enc = load_encoder(ck)
     assert enc.model.config == res.model.config and enc.mean == D.IMAGENET_MEAN
     assert knn["accuracy"] == _knn_on_folder(enc.model, folder, k=20, pool="mean")
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # as the command ran
     try:
-        assert lin["accuracy"] == E.linear_probe(*_folder_features(enc.model, folder, "cls"), epochs=5)
+        assert lin["accuracy"] == linear_probe(*_folder_features(enc.model, folder, "cls"), epochs=5)
     finally:
         torch.set_num_threads(n)
 
@@ -238,14 +243,14 @@ def test_knn_on_a_real_cifar10_subset_beats_chance():
 
 # ---------------------------------------------------------------------------------- honest evaluation
 def test_val_split_is_disjoint_complete_and_seeded():
-    tr, va = E.split_train_val(1000, val_images=150, seed=0)
+    tr, va = split_train_val(1000, val_images=150, seed=0)
     assert len(va) == 150 and len(tr) == 850 and not set(tr) & set(va) and sorted(tr + va) == list(range(1000))
-    assert E.split_train_val(1000, 150, seed=0) == (tr, va)  # the same split every time
-    assert E.split_train_val(1000, 150, seed=1)[1] != va
+    assert split_train_val(1000, 150, seed=0) == (tr, va)  # the same split every time
+    assert split_train_val(1000, 150, seed=1)[1] != va
     assert va != list(range(150)) and va != list(range(850, 1000))  # a random draw, not a block
-    assert E.split_train_val(10, 0) == (list(range(10)), [])
+    assert split_train_val(10, 0) == (list(range(10)), [])
     with pytest.raises(ValueError, match="val_images=10 leaves nothing to train on"):
-        E.split_train_val(10, 10)
+        split_train_val(10, 10)
 
 
 def _noisy_clusters(seed):
@@ -262,23 +267,23 @@ def test_tuning_chooses_the_best_val_candidate_and_never_the_test_labels():
     xtr, ytr = _noisy_clusters(seed=1)
     xte, yte = _noisy_clusters(seed=2)
     shuffled = yte[torch.randperm(len(yte), generator=torch.Generator().manual_seed(3))]
-    for evaluation, key in ((E.knn_evaluation, "k"),
-                            (lambda *a, **kw: E.linear_probe_evaluation(*a, epochs=5, batch_size=32, **kw), "blr")):
+    for evaluation, key in ((knn_evaluation, "k"),
+                            (lambda *a, **kw: linear_probe_evaluation(*a, epochs=5, batch_size=32, **kw), "blr")):
         res = evaluation(xtr, ytr, xte, yte, num_classes=4, tune=True, val_images=60, seed=0)
         scores = res["val_accuracy"]
         assert res["tuned"] is True and res["val_images"] == 60 and len(scores) == 3
         best = max(scores.values())
-        assert E._key(res[key]) == next(c for c, a in scores.items() if a == best)  # first of the best
+        assert _key(res[key]) == next(c for c, a in scores.items() if a == best)  # first of the best
         again = evaluation(xtr, ytr, xte, shuffled, num_classes=4, tune=True, val_images=60, seed=0)
         assert again[key] == res[key] and again["val_accuracy"] == scores  # test labels play no part
     # untuned: the given value, nothing held out
-    plain = E.knn_evaluation(xtr, ytr, xte, yte, k=7, num_classes=4)
+    plain = knn_evaluation(xtr, ytr, xte, yte, k=7, num_classes=4)
     assert plain == {"tuned": False, "k": 7, "temperature": 0.07,
-                     "accuracy": E.knn_accuracy(xtr, ytr, xte, yte, k=7, num_classes=4)}
+                     "accuracy": knn_accuracy(xtr, ytr, xte, yte, k=7, num_classes=4)}
 
 
 def test_choose_on_val_breaks_ties_by_order():
-    assert E.choose_on_val([50, 10, 20], {10: 0.5, 20: 0.7, 50: 0.7}.get) == (50, {50: 0.7, 10: 0.5, 20: 0.7})
+    assert choose_on_val([50, 10, 20], {10: 0.5, 20: 0.7, 50: 0.7}.get) == (50, {50: 0.7, 10: 0.5, 20: 0.7})
 
 
 def test_knn_command_with_tune_reports_val_and_test_once(folder):
@@ -291,7 +296,7 @@ def test_knn_command_with_tune_reports_val_and_test_once(folder):
     assert res["k"] in (10, 20, 50) and res["train_images"] == 24
     # the test number is the chosen k with all 24 training images as neighbours
     torch.manual_seed(0)
-    model = E.load_encoder("random", "mae_vit_micro_patch4_32").model
+    model = load_encoder("random", "mae_vit_micro_patch4_32").model
     assert res["accuracy"] == _knn_on_folder(model, folder, k=res["k"], pool="cls")
     args.tune = False
     assert E.evaluate(args)["tuned"] is False
@@ -300,12 +305,12 @@ def test_knn_command_with_tune_reports_val_and_test_once(folder):
 # ---------------------------------------------------------------------------------- defaults that fit the data
 def test_default_val_images_is_a_fifth_of_the_training_split_at_most_5000():
     sizes = [0, 1, 2, 9, 10, 24, 4096, 25_000, 50_000, 100_000]
-    assert [E.default_val_images(n) for n in sizes] == [0, 0, 1, 1, 2, 4, 819, 5000, 5000, 5000]
+    assert [default_val_images(n) for n in sizes] == [0, 0, 1, 1, 2, 4, 819, 5000, 5000, 5000]
     for n in sizes[2:]:
-        tr, va = E.split_train_val(n, E.default_val_images(n))
+        tr, va = split_train_val(n, default_val_images(n))
         assert tr and va  # something to train on and something to choose on
     with pytest.raises(ValueError, match="n must be a whole number >= 0, got -1"):
-        E.default_val_images(-1)
+        default_val_images(-1)
 
 
 @pytest.fixture(scope="module")
@@ -351,7 +356,7 @@ def test_knn_tune_with_no_flags_holds_out_a_fifth_of_the_default_data(default_da
         g = torch.Generator().manual_seed(len(labels))
         return torch.nn.functional.one_hot(labels, 9).float() + 0.3 * torch.randn(len(labels), 9, generator=g), labels
 
-    monkeypatch.setattr(E, "extract_features", label_features)
+    monkeypatch.setattr(E, "extract_features", label_features)  # the name evaluate() calls
     res, printed = _no_flags("knn", capsys, "--tune")
     assert seen == [("PhotoCrops", 4096), ("PhotoCrops", 1024)]  # the offline photos, train then test
     assert res["dataset"] == "photos" and res["train_images"] == 4096 and res["test_images"] == 1024
@@ -371,7 +376,7 @@ def test_finetune_with_no_flags_trains_on_the_rest_of_the_default_data(default_d
         calls.append((train_loader.dataset, val_loader.dataset, len(test_loader.dataset), num_classes, epochs))
         return {"accuracy": 0.5, "val_accuracy": [0.5] * epochs, "epochs": epochs}
 
-    monkeypatch.setattr(E, "finetune", record)
+    monkeypatch.setattr(E, "finetune", record)  # the name evaluate() calls
     res, printed = _no_flags("finetune", capsys)
     (fit, val, test_images, num_classes, epochs), = calls
     assert (len(fit), len(val), test_images, num_classes, epochs) == (3277, 819, 1024, 9, 10)

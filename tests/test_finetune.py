@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -13,14 +14,16 @@ import torch
 
 from _engine_helpers import make_image_folder
 from mae_from_scratch import evaluate as E
+from mae_from_scratch.finetune import Classifier, finetune, finetune_transform, freeze_for_partial_finetune
 from mae_from_scratch.model import MaskedAutoencoderViT, mae_vit_micro_patch4_32
 from mae_from_scratch.optim import encoder_layer_id, param_groups_layer_decay, set_lr
+from mae_from_scratch.validation import _key
 
 MICRO = "mae_vit_micro_patch4_32"
 
 
 def _classifier(micro_config, classes=3):
-    return E.Classifier(MaskedAutoencoderViT(**micro_config), classes)
+    return Classifier(MaskedAutoencoderViT(**micro_config), classes)
 
 
 def _group_of(groups, param):
@@ -85,13 +88,13 @@ def test_partial_finetune_freezes_all_but_the_last_blocks():
         return {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks.") else "")
                 for n, p in model.named_parameters() if p.requires_grad}
 
-    assert E.freeze_for_partial_finetune(model, 1) == 1 and trainable() == {"blocks.3", "norm"}
-    assert E.freeze_for_partial_finetune(model, 0) == 0 and trainable() == {"norm"}
-    assert E.freeze_for_partial_finetune(model, None) == 4
+    assert freeze_for_partial_finetune(model, 1) == 1 and trainable() == {"blocks.3", "norm"}
+    assert freeze_for_partial_finetune(model, 0) == 0 and trainable() == {"norm"}
+    assert freeze_for_partial_finetune(model, None) == 4
     assert trainable() == {"patch_embed", "cls_token", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "norm"}
     for bad in (-1, 5):
         with pytest.raises(ValueError, match="trainable_blocks must be a whole number from 0 to the encoder's depth 4"):
-            E.freeze_for_partial_finetune(model, bad)
+            freeze_for_partial_finetune(model, bad)
 
 
 def _images(n, g):
@@ -109,8 +112,8 @@ def test_finetune_last_block_only_moves_only_it_and_reports_the_recipe():
     torch.manual_seed(0)
     model = mae_vit_micro_patch4_32()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = E.finetune(model, train, test, num_classes=2, epochs=2, blr=1e-3, trainable_blocks=1, val_loader=val,
-                     return_details=True)
+    res = finetune(model, train, test, num_classes=2, epochs=2, blr=1e-3, trainable_blocks=1, val_loader=val,
+                   return_details=True)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith(("blocks.3.", "norm.")) for k in changed), changed
     assert len(res["val_accuracy"]) == 2 and 0 <= res["accuracy"] <= 1
@@ -122,13 +125,64 @@ def test_finetune_last_block_only_moves_only_it_and_reports_the_recipe():
     assert res["trainable_params"] == head + block
     assert [blk.drop_path.p for blk in model.blocks] == [0.0] * 4  # switched off again afterwards
     with pytest.raises(ValueError, match=r"layer_decay must be in \(0, 1\]"):
-        E.finetune(model, train, test, num_classes=2, layer_decay=0.0)
+        finetune(model, train, test, num_classes=2, layer_decay=0.0)
+
+
+def _one_finetune_step(micro_config, monkeypatch, layer_decay, lr=1e-2):
+    """Fine-tune for one step; per layer, the lr each parameter had in the optimizer and the largest move.
+
+    No warmup, no weight decay, no drop path: AdamW's first step moves each weight by
+    ``lr * g / (|g| + eps)``, so the largest move in a layer is the lr that layer learned at.
+    """
+    module = importlib.import_module("mae_from_scratch.finetune")
+    real, seen = module.train_step, {}
+
+    def spy(model, opt, *args, **kwargs):
+        names = {id(p): n for n, p in model.named_parameters()}
+        seen["lr"] = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        out = real(model, opt, *args, **kwargs)
+        seen["moved"] = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
+        return out
+
+    monkeypatch.setattr(module, "train_step", spy)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(8, 3, 32, 32, generator=g), torch.arange(2).repeat(4))
+    torch.manual_seed(0)
+    encoder = MaskedAutoencoderViT(**micro_config)
+    finetune(encoder, [batch], None, num_classes=2, epochs=1, blr=lr, weight_decay=0.0, warmup_epochs=0,
+             layer_decay=layer_decay, drop_path=0.0)  # a list has no batch_size: lr = blr * 256 / 256
+    depth = len(encoder.blocks)
+    lrs, moved = {}, {}
+    for name, group_lr in seen["lr"].items():
+        layer = encoder_layer_id(name, depth)
+        lrs.setdefault(layer, set()).add(group_lr)
+        moved[layer] = max(moved.get(layer, 0.0), seen["moved"][name])
+    return depth, lrs, moved, seen
+
+
+@pytest.mark.parametrize("decay", [0.5, 1.0])
+def test_finetune_layers_learn_at_the_decayed_rates(micro_config, monkeypatch, decay):
+    # What happened in the step, not the argument echoed back: a finetune that built AdamW on
+    # plain groups (or set one lr for all) fails here.
+    lr = 1e-2
+    depth, lrs, moved, seen = _one_finetune_step(micro_config, monkeypatch, decay, lr)
+    assert sorted(lrs) == list(range(depth + 2))  # the embedding, every block, the norm and head
+    assert seen["lr"]["head.weight"] == pytest.approx(lr)  # the head learns at the full rate
+    assert seen["moved"]["head.weight"] == pytest.approx(lr, rel=0.02)
+    for i in range(depth):  # block i is layer i + 1
+        want = lr * decay ** (depth + 1 - (i + 1))
+        assert sorted(lrs[i + 1]) == pytest.approx([want]), (i, lrs[i + 1], want)
+        assert moved[i + 1] == pytest.approx(want, rel=0.02), (i, moved[i + 1], want)
+    assert sorted(lrs[0]) == pytest.approx([lr * decay ** (depth + 1)])  # the patch embedding, the cls token
+    assert moved[0] == pytest.approx(lr * decay ** (depth + 1), rel=0.02)
+    assert sorted(lrs[depth + 1]) == pytest.approx([lr]) and moved[depth + 1] == pytest.approx(lr, rel=0.02)
 
 
 def test_finetune_transform_augments_pil_images():
     from PIL import Image
 
-    t = E.finetune_transform(32)
+    t = finetune_transform(32)
     img = Image.fromarray((torch.rand(40, 40, 3) * 255).to(torch.uint8).numpy())
     torch.manual_seed(0)
     a, b = t(img), t(img)
@@ -205,7 +259,7 @@ def test_linprobe_tune_and_finetune_from_the_command_line(folder):
     lin = run("linprobe", "--tune", "--val_images", "3", "--epochs", "5")
     assert lin["tuned"] is True and set(lin["val_accuracy"]) == {"0.03", "0.1", "0.3"}
     best = max(lin["val_accuracy"].values())
-    assert lin["val_accuracy"][E._key(lin["blr"])] == best and lin["train_images"] == 12
+    assert lin["val_accuracy"][_key(lin["blr"])] == best and lin["train_images"] == 12
     plain = run("linprobe", "--epochs", "5")
     assert plain["tuned"] is False and plain["blr"] == 0.1 and "val_accuracy" not in plain
     ft = run("finetune", "--epochs", "2", "--batch_size", "4", "--val_images", "3")

@@ -17,14 +17,17 @@ from _engine_helpers import cifar_tar_path, make_image_folder, poison_loss_at_ca
 from PIL import Image
 
 from mae_from_scratch import pretrain as P
+from mae_from_scratch import pretrain_data as PD
 from mae_from_scratch.checkpoint import load_training_checkpoint
 from mae_from_scratch.device_data import DeviceBatchLoader
 from mae_from_scratch.distributed import DistInfo
-from mae_from_scratch.engine import NonFiniteLossError
 from mae_from_scratch.metrics import read_epoch_log, read_step_log
 from mae_from_scratch.model import mae_vit_micro_patch4_32
 from mae_from_scratch.optim import effective_lr, lr_at, param_groups_weight_decay
 from mae_from_scratch.precision import choose_precision
+from mae_from_scratch.pretrain_data import build_pretrain_data
+from mae_from_scratch.run_config import initial_config, parse_args
+from mae_from_scratch.train_step import NonFiniteLossError
 
 
 # ---------------------------------------------------------------------------------- recipe
@@ -79,11 +82,11 @@ def test_precision_on_cpu_is_fp32_unless_asked():
 
 
 def test_presets_are_defaults_that_flags_override():
-    args = P._parse(["--preset", "cpu_smoke", "--epochs", "7"])
+    args = parse_args(["--preset", "cpu_smoke", "--epochs", "7"])
     assert args.model == "mae_vit_micro_patch4_32" and args.epochs == 7
-    assert P._parse(["--preset", "colab_t4_cifar10"]).dataset == "cifar10"
+    assert parse_args(["--preset", "colab_t4_cifar10"]).dataset == "cifar10"
     with pytest.raises(TypeError, match="unknown pretraining option"):
-        P._parse(preset="cpu_smoke", epoch=3)
+        parse_args(preset="cpu_smoke", epoch=3)
 
 
 # ---------------------------------------------------------------------------------- runs
@@ -139,11 +142,10 @@ def test_the_photos_default_to_the_device_loader(reference):
 
 
 def _loader_for(tmp_path, root, loader):
-    args = P._parse(["--preset", "cpu_smoke", "--data_path", str(root), "--loader", loader,
-                     "--batch_size", "4", "--output_dir", ""])
-    args.input_size = 32
-    _, _, built, _ = P.build_pretrain_data(args, 64, DistInfo(), pin_memory=False)
-    return args.loader, built
+    config = initial_config(None, ["--preset", "cpu_smoke", "--data_path", str(root), "--loader", loader,
+                                   "--batch_size", "4", "--output_dir", "", "--input_size", "32"], {})
+    data = build_pretrain_data(config, 64, DistInfo())
+    return data.loader_name, data.loader
 
 
 def test_auto_loader_holds_a_uniform_image_folder_and_leaves_mixed_sizes_to_pil(tmp_path, monkeypatch):
@@ -163,7 +165,7 @@ def test_auto_loader_holds_a_uniform_image_folder_and_leaves_mixed_sizes_to_pil(
 def test_device_loader_refuses_data_too_large_for_the_device(tmp_path, monkeypatch):
     monkeypatch.setenv("MAE_DATA_CACHE", str(tmp_path / "cache"))
     root = make_image_folder(tmp_path / "r", per_class=4, size=32)
-    monkeypatch.setattr(P, "fits_on_device", lambda nbytes, device: False)
+    monkeypatch.setattr(PD, "fits_on_device", lambda nbytes, device: False)
     assert _loader_for(tmp_path, root, "auto")[0] == "pil"
     with pytest.raises(ValueError, match="more than a quarter of the memory of cpu"):
         _loader_for(tmp_path, root, "device")

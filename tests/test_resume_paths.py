@@ -18,7 +18,9 @@ import torch
 
 from mae_from_scratch import data as D
 from mae_from_scratch import pretrain as P
-from mae_from_scratch import run_record
+from mae_from_scratch import pretrain_data as PD
+from mae_from_scratch import run_info
+from mae_from_scratch.run_config import initial_config, parse_args
 from mae_from_scratch.checkpoint import load_training_checkpoint, save_atomic, training_checkpoint
 from mae_from_scratch.engine import EpochMeter
 from mae_from_scratch.metrics import read_epoch_log, read_step_log
@@ -52,17 +54,16 @@ def run_dir(tmp_path_factory):
     after one optimizer step (so the AdamW state is there), trained with :data:`SAVED`."""
     out = tmp_path_factory.mktemp("resumable") / "run"
     out.mkdir()
-    args = P._parse(BASE, **SAVED)
+    config = initial_config(None, BASE, SAVED)
     torch.manual_seed(0)
-    model = create_model(args.model, norm_pix_loss=args.norm_pix_loss)
-    args.input_size, args.lr = model.img_size, 1e-3
-    args.mean, args.std, args.world_size = [0.5] * 3, [0.25] * 3, 1
-    optimizer = build_optimizer(model, args.lr, args.weight_decay)
+    model = create_model(config.model, norm_pix_loss=config.norm_pix_loss)
+    config = config.derive(input_size=model.img_size, lr=1e-3, mean=[0.5] * 3, std=[0.25] * 3, world_size=1)
+    optimizer = build_optimizer(model, config.lr, config.weight_decay)
     loss, _, _ = model(torch.randn(2, 3, 32, 32))
     loss.backward()
     optimizer.step()
     meter = EpochMeter(loss.item(), 1)
-    state = training_checkpoint(model, optimizer, choose_precision("cpu", "fp32").grad_scaler("cpu"), args,
+    state = training_checkpoint(model, optimizer, choose_precision("cpu", "fp32").grad_scaler("cpu"), config,
                                 epoch=0, epoch_step=1, steps_per_epoch=6, epoch_meter=meter,
                                 dataset=D.dataset_info("photos"))
     save_atomic(state, out / P.LAST_CHECKPOINT)
@@ -78,8 +79,8 @@ def at_the_data(monkeypatch):
     """Stop ``pretrain`` where it builds its data, keeping the run's arguments as they are then."""
     seen = {}
 
-    def stop(args, *a, **k):
-        seen["args"] = argparse.Namespace(**vars(args))
+    def stop(config, *a, **k):
+        seen["args"] = argparse.Namespace(**config.values)
         raise ReachedTheData
 
     monkeypatch.setattr(P, "build_pretrain_data", stop)
@@ -138,7 +139,7 @@ def test_a_resume_takes_the_seed_loader_and_images_it_was_not_given(run_dir, at_
         run = lambda: P.pretrain(preset="cpu_smoke", num_photos=64, batch_size=8, no_progress=True,  # noqa: E731
                                  output_dir=str(run_dir), resume=str(run_dir / P.LAST_CHECKPOINT))
     else:
-        run = lambda: P.pretrain(P._parse([*BASE, "--output_dir", str(run_dir), "--auto_resume"]))  # noqa: E731
+        run = lambda: P.pretrain(parse_args([*BASE, "--output_dir", str(run_dir), "--auto_resume"]))  # noqa: E731
     with pytest.raises(ReachedTheData):
         run()
     args = at_the_data["args"]
@@ -176,7 +177,7 @@ def test_keywords_and_namespaces_are_checked_too(run_dir):
         P.pretrain(preset="cpu_smoke", num_photos=64, batch_size=8, output_dir=str(run_dir), auto_resume=True,
                    max_images=4096)  # the preset's value, but given
     with pytest.raises(P.InputError, match=r"trained with --seed 3, but --seed 5 was asked for"):
-        P.pretrain(P._parse([*BASE, "--output_dir", str(run_dir), "--auto_resume", "--seed", "5"]))
+        P.pretrain(parse_args([*BASE, "--output_dir", str(run_dir), "--auto_resume", "--seed", "5"]))
 
 
 def test_a_run_on_every_image_keeps_training_on_every_image(capsys, tmp_path, run_dir, at_the_data):
@@ -199,7 +200,7 @@ def test_a_device_loader_run_that_cannot_hold_its_images_here_is_not_sent_to_pil
     ckpt["args"]["loader"] = "device"
     path = tmp_path / "device.pth"
     torch.save(ckpt, path)
-    monkeypatch.setattr(P, "fits_on_device", lambda nbytes, device: False)
+    monkeypatch.setattr(PD, "fits_on_device", lambda nbytes, device: False)
     line = _refused(capsys, [*BASE, "--output_dir", str(tmp_path / "run"), "--resume", str(path)], tmp_path)
     assert "more than a quarter of the memory of cpu" in line and "use --loader pil" not in line
     assert f"{path} was trained with the device loader, so continue it where its images fit" in line
@@ -212,9 +213,9 @@ def test_checkpoints_hold_no_cuda_generator_state(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(16, dtype=torch.uint8)] * 8)
     model = create_model("mae_vit_micro_patch4_32")
-    args = argparse.Namespace(model="mae_vit_micro_patch4_32", seed=0)
+    config = initial_config(None, ["--model", "mae_vit_micro_patch4_32"], {})
     state = training_checkpoint(model, build_optimizer(model, 1e-3), choose_precision("cpu", "fp32").grad_scaler(
-        "cpu"), args, epoch=0, epoch_step=1, steps_per_epoch=2, epoch_meter=EpochMeter(),
+        "cpu"), config, epoch=0, epoch_step=1, steps_per_epoch=2, epoch_meter=EpochMeter(),
         dataset=D.dataset_info("photos"))
     assert set(state["rng"]) == {"torch"} and torch.equal(state["rng"]["torch"], torch.get_rng_state())
 
@@ -240,7 +241,7 @@ def _steps(out):
 
 
 def _record(out):
-    return json.loads((out / run_record.RUN_RECORD).read_text())
+    return json.loads((out / run_info.RUN_INFO).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -300,28 +301,28 @@ def test_a_run_stopped_inside_an_epoch_resumes_with_its_seed_loader_and_images(t
 
 
 # ---------------------------------------------------------------------------------- without `resource`
-def _run_record_without_resource(monkeypatch):
-    """A fresh copy of run_record.py imported where ``import resource`` fails (as on Windows)."""
+def _run_info_without_resource(monkeypatch):
+    """A fresh copy of run_info.py imported where ``import resource`` fails (as on Windows)."""
     monkeypatch.setitem(sys.modules, "resource", None)  # None in sys.modules: ImportError on import
-    spec = importlib.util.spec_from_file_location("run_record_without_resource", run_record.__file__)
+    spec = importlib.util.spec_from_file_location("run_info_without_resource", run_info.__file__)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_the_run_record_works_without_the_resource_module(monkeypatch, tmp_path):
-    rr = _run_record_without_resource(monkeypatch)
-    assert rr.resource is None and run_record.resource is not None
+def test_the_run_info_works_without_the_resource_module(monkeypatch, tmp_path):
+    rr = _run_info_without_resource(monkeypatch)
+    assert rr.resource is None and run_info.resource is not None
     sum(i * i for i in range(300_000))  # some CPU time
     # The fallback counts the same CPU time (to the clock tick of os.times).
-    assert rr.cpu_seconds() == pytest.approx(run_record.cpu_seconds(), abs=0.05)
-    rec = rr.RunRecord(tmp_path)
+    assert rr.cpu_seconds() == pytest.approx(run_info.cpu_seconds(), abs=0.05)
+    rec = rr.RunInfo(tmp_path)
     rec.start(args={"seed": 0}, device="cpu", data={"dataset": "photos"}, epochs_scheduled=1, resumed=False)
     t0 = rr.cpu_seconds()
     while rr.cpu_seconds() - t0 < 0.3:
         sum(i * i for i in range(100_000))
     rec.update(epochs_run=1, images=64, finished=True)
-    saved = json.loads((tmp_path / rr.RUN_RECORD).read_text())
+    saved = json.loads((tmp_path / rr.RUN_INFO).read_text())
     assert saved["finished"] is True and saved["cpu_s"] >= 0.3 and saved["segments"][0]["cpu_s"] >= 0.3
 
 
@@ -331,8 +332,8 @@ def test_the_engine_imports_without_the_resource_module(tmp_path):
         import sys
         sys.modules["resource"] = None  # as on Windows
         import mae_from_scratch.pretrain
-        from mae_from_scratch import run_record
-        assert run_record.resource is None and run_record.cpu_seconds() > 0
+        from mae_from_scratch import run_info
+        assert run_info.resource is None and run_info.cpu_seconds() > 0
         print("imported")
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,

@@ -4,7 +4,8 @@ actionlint checks every workflow (syntax, expressions, the inputs of the actions
 ``run:`` scripts with shellcheck where that is installed); any finding fails.  The dev extra
 installs it; outside CI the test skips with the reason when it is missing, with ``CI=true`` it
 fails instead.  The other tests read the workflow itself: the book it publishes is the one
-``make book`` builds, the one CI tests, and the execution cache it keeps is the one the book uses.
+``make book`` builds, the one CI tests.  The book executes nothing: every chapter must have been
+saved executed, with the code it holds (tools/run_notebooks.py stamps it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
@@ -26,7 +28,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 sys.path.insert(0, str(ROOT / "tools"))
 
-import book_inputs  # noqa: E402
+import run_notebooks  # noqa: E402
 
 
 def _actionlint():
@@ -104,30 +106,35 @@ def test_deploy_job_publishes_to_pages():
     assert any(_uses(s, "actions/setup-python") for s in _steps("build"))
 
 
-def test_cached_chapters_are_the_books_execution_cache():
-    """The workflow caches the directory where jupyter-cache keeps the executed chapters, and the
-    book executes in cache mode (in force mode the cache would be written and never read)."""
+def test_the_book_executes_nothing_and_the_workflow_caches_nothing():
+    """The book shows the chapters as saved (nbval runs them in the tests): the build executes
+    nothing, so the workflow has no execution cache to keep."""
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    assert config["execute"]["execute_notebooks"] == "cache"
-    assert not config["execute"].get("cache"), "the cache lives in its default place, _build/.jupyter_cache"
-    [cache] = [s for s in _steps("build") if _uses(s, "actions/cache")]
-    assert cache["with"]["path"] == "_build/.jupyter_cache"
-    assert "JCACHE := _build/.jupyter_cache" in (ROOT / "Makefile").read_text()
+    assert config["execute"]["execute_notebooks"] == "off"
+    assert not [s for s in _steps("build") if _uses(s, "actions/cache")]
 
 
-def test_book_inputs_sum_follows_the_package_not_its_bytecode(tmp_path):
-    """tools/book_inputs.py (which empties the execution cache in `make book`) changes with a package
-    file, _config.yml or the installed versions, and not with __pycache__."""
-    (tmp_path / "mae_from_scratch" / "__pycache__").mkdir(parents=True)
-    (tmp_path / "mae_from_scratch" / "model.py").write_text("x = 1\n")
-    (tmp_path / "_config.yml").write_text("title: t\n")
-    base = book_inputs.inputs_sum(tmp_path, installed="torch==2.3.1\n")
-    assert book_inputs.inputs_sum(tmp_path, installed="torch==2.3.1\n") == base
-    (tmp_path / "mae_from_scratch" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"\0")
-    assert book_inputs.inputs_sum(tmp_path, installed="torch==2.3.1\n") == base
-    assert book_inputs.inputs_sum(tmp_path, installed="torch==2.4.0\n") != base
-    (tmp_path / "mae_from_scratch" / "model.py").write_text("x = 2\n")
-    changed = book_inputs.inputs_sum(tmp_path, installed="torch==2.3.1\n")
-    assert changed != base
-    (tmp_path / "_config.yml").write_text("title: u\n")
-    assert book_inputs.inputs_sum(tmp_path, installed="torch==2.3.1\n") != changed
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")), ids=lambda p: p.stem)
+def test_every_chapter_was_saved_executed_with_the_code_it_holds(path):
+    """The book renders the saved outputs, so each chapter must have been executed whole
+    (tools/run_notebooks.py) after its code last changed."""
+    nb = nbformat.read(path, as_version=4)
+    stamp = nb.metadata.get("mae_from_scratch", {}).get("code_sha256")
+    assert stamp == run_notebooks.code_sha256(nb), (
+        f"{path.name} changed since it was executed: run `make notebooks` (or "
+        f"`python tools/run_notebooks.py {path.relative_to(ROOT)}`)")
+    counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1)), f"{path.name} was not executed top to bottom in one run"
+
+
+def test_the_freshness_check_sees_an_edited_cell():
+    nb = nbformat.read(ROOT / "notebooks" / "01_patches.ipynb", as_version=4)
+    before = run_notebooks.code_sha256(nb)
+    next(c for c in nb.cells if c.cell_type == "code").source += "\n# edited"
+    assert run_notebooks.code_sha256(nb) != before
+    next(c for c in nb.cells if c.cell_type == "markdown").source += " edited"
+    nb2 = nbformat.read(ROOT / "notebooks" / "01_patches.ipynb", as_version=4)
+    next(c for c in nb2.cells if c.cell_type == "markdown").source += " edited"
+    assert run_notebooks.code_sha256(nb2) == before  # prose is not code
+
+

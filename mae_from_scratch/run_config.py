@@ -1,0 +1,332 @@
+"""The pretraining run's configuration: its flags, their checks, and one frozen record of them.
+
+:func:`get_args_parser` holds the official flags and ours.  :func:`check_args`
+refuses every out-of-range value before anything is loaded or written.
+:func:`configure` resolves them once into a :class:`RunConfig`: every setting of
+the run, and where each came from:
+
+``asked``       given on the command line, or as a keyword to ``pretrain``;
+``preset``      set by ``--preset`` and not asked for;
+``default``     the flag's default;
+``checkpoint``  taken from the checkpoint a resumed run continues (its seed, loader,
+                image subset and, unless given, its data);
+``derived``     computed from the others: the absolute data path, the data set
+                behind ``--dataset auto``, the image size, the learning rate from
+                ``--blr``, the effective batch, the precision, the loader chosen by
+                ``--loader auto``, the normalization statistics.
+
+The configuration never changes in place: a stage that learns more (the data stage
+learns the loader and the statistics) makes a new one with :meth:`RunConfig.derive`.
+``run.json`` and every checkpoint record it, with each setting's source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import torch
+
+from . import data as D
+from .cli_checks import OneLineParser, check_number, check_whole, refuse
+from .masking import num_kept
+from .model import MODELS, create_model
+from .precision import PRECISIONS
+from .presets import PRESETS, describe, get_preset
+
+LOADERS = ("auto", "device", "pil")
+SOURCES = ("asked", "preset", "default", "checkpoint", "derived")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = OneLineParser("MAE pre-training", add_help=True,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                      epilog="presets:\n" + describe())
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="start from a named recipe; flags given here override it")
+    p.add_argument("--batch_size", default=64, type=int, help="images per process per iteration")
+    p.add_argument("--epochs", default=400, type=int)
+    p.add_argument("--accum_iter", default=1, type=int,
+                   help="accumulate gradients over this many iterations (larger effective batch)")
+
+    # Model
+    p.add_argument("--model", default="mae_vit_tiny_patch4_32", choices=sorted(MODELS))
+    p.add_argument("--input_size", default=None, type=int, help="image size (default: the model's)")
+    p.add_argument("--mask_ratio", default=0.75, type=float, help="share of patches removed")
+    p.add_argument("--norm_pix_loss", action="store_true", help="per-patch normalized pixels as targets")
+    p.add_argument("--no_norm_pix_loss", action="store_false", dest="norm_pix_loss")
+
+    # Optimizer
+    p.add_argument("--weight_decay", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=None, help="absolute lr (default: blr * effective batch / 256)")
+    p.add_argument("--blr", type=float, default=1e-3, help="base lr: lr = blr * effective batch / 256")
+    p.add_argument("--min_lr", type=float, default=0.0, help="lower bound of the cosine schedule")
+    p.add_argument("--warmup_epochs", type=float, default=40)
+    p.add_argument("--clip_grad", type=float, default=None, help="clip the gradient norm (off by default)")
+
+    # Data
+    p.add_argument("--dataset", default="auto", choices=("auto",) + D.DATASETS,
+                   help="auto: imagefolder when --data_path is given, else the offline photos")
+    p.add_argument("--data_path", default=None,
+                   help="ImageFolder ROOT (reads ROOT/train), a .tar/.tar.gz of one, or a torchvision root")
+    p.add_argument("--max_images", default=None, type=int, help="train on a fixed random subset of this size")
+    p.add_argument("--num_photos", default=4096, type=int, help="size of the offline photo-crop set")
+    p.add_argument("--num_workers", default=2, type=int)
+    p.add_argument("--loader", default="auto", choices=LOADERS,
+                   help="device: decode the images once, hold them on the training device and augment "
+                        "whole batches there (bilinear crops); pil: decode and crop every image with PIL "
+                        "in loader workers (bicubic, the official path); auto: device when the images all "
+                        "have one size and fit in a quarter of the device's memory, else pil")
+    p.add_argument("--pin_mem", action="store_true", default=None, help="pin loader memory (default: on CUDA)")
+    p.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
+
+    # Run
+    p.add_argument("--output_dir", default="./output_dir", help="checkpoints and logs ('' to save nothing)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the model with torch.compile (GPU presets; the first steps wait for it)")
+    p.add_argument("--no_compile", action="store_false", dest="compile")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: bf16 on compute capability >= 8, fp16 + GradScaler on older GPUs, fp32 on CPU")
+    p.add_argument("--seed", default=0, type=int)
+    p.add_argument("--resume", default="", help="checkpoint file to continue from")
+    p.add_argument("--auto_resume", action="store_true",
+                   help="continue from OUTPUT_DIR/checkpoint-last.pth if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an OUTPUT_DIR that holds a run (its checkpoints and logs are replaced)")
+    p.add_argument("--save_every_steps", default=0, type=int,
+                   help="also write checkpoint-last.pth every N optimizer steps (0: only at epoch ends)")
+    p.add_argument("--save_freq", default=20, type=int, help="keep checkpoint-EPOCH.pth every N epochs")
+    p.add_argument("--max_steps", default=None, type=int,
+                   help="stop after this many optimizer steps in all (the schedule is unchanged)")
+    p.add_argument("--mount_drive", action="store_true",
+                   help="Colab only: mount Google Drive at /content/drive first (put --output_dir there)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--recon_every", default=0, type=int,
+                   help="every N epochs (and before the first) save OUTPUT_DIR/recon/epoch-NNNN.png: the same "
+                        "held-out test images reconstructed under the same mask (0: never)")
+    p.add_argument("--recon_images", default=8, type=int, help="how many held-out images those pictures show")
+    return p
+
+
+def parse_args(argv=None, **overrides) -> argparse.Namespace:
+    """Parse ``argv`` on top of the preset's values; ``overrides`` win over both."""
+    parser = get_args_parser()
+    pre, _ = parser.parse_known_args(argv if argv is not None else [])
+    preset = overrides.get("preset", pre.preset)
+    if preset:
+        parser.set_defaults(**get_preset(preset).args)
+    args = parser.parse_args(argv if argv is not None else [])
+    unknown = [k for k in overrides if not hasattr(args, k)]
+    if unknown:
+        raise TypeError(f"unknown pretraining option(s) {unknown}; see get_args_parser()")
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
+def resolve_dataset(args) -> str:
+    return args.dataset if args.dataset != "auto" else ("imagefolder" if args.data_path else "photos")
+
+
+# ----------------------------------------------------------------------------------
+# Checks made before anything is loaded or written
+def check_args(args) -> None:
+    """Refuse every flag value that is out of range, before anything is loaded or written.
+
+    An explicit value is never replaced by a default: ``--epochs 0`` or
+    ``--input_size 0`` are errors, not "use the default".
+    """
+    if args.model not in MODELS:
+        refuse(f"--model {args.model!r} is not a model; choose one of {sorted(MODELS)}")
+    check_whole("epochs", args.epochs, 1)
+    check_whole("batch_size", args.batch_size, 1)
+    check_whole("accum_iter", args.accum_iter, 1)
+    check_whole("num_workers", args.num_workers, 0)
+    check_whole("num_photos", args.num_photos, 1)
+    check_whole("save_freq", args.save_freq, 1, hint="checkpoint-EPOCH.pth is kept every SAVE_FREQ epochs")
+    check_whole("save_every_steps", args.save_every_steps, 0, hint="0 writes checkpoint-last.pth only at epoch ends")
+    check_whole("max_images", args.max_images, 1, optional=True, hint="leave it out to train on every image")
+    check_whole("max_steps", args.max_steps, 1, optional=True, hint="leave it out to train every epoch")
+    check_whole("seed", args.seed, 0)
+    check_whole("recon_every", getattr(args, "recon_every", 0), 0, hint="0 saves no reconstruction pictures")
+    check_whole("recon_images", getattr(args, "recon_images", 8), 1)
+    with torch.device("meta"):  # the configuration only
+        cfg = create_model(args.model).config
+    if args.input_size is not None:
+        if isinstance(args.input_size, bool) or not isinstance(args.input_size, int) or args.input_size < 1:
+            refuse(f"--input_size must be a positive number of pixels, got {args.input_size!r}; "
+                   f"{args.model} is built for {cfg.img_size} (leave it out for that)")
+        if args.input_size % cfg.patch_size:
+            refuse(f"--input_size {args.input_size} is not divisible by the patch size {cfg.patch_size} of "
+                   f"{args.model}; use a multiple of {cfg.patch_size}, e.g. {cfg.img_size}")
+    size = args.input_size if args.input_size is not None else cfg.img_size
+    num_patches = (size // cfg.patch_size) ** 2
+    try:
+        keep = num_kept(num_patches, args.mask_ratio)
+    except (ValueError, TypeError) as e:
+        refuse(f"--mask_ratio: {e}")
+    if keep >= num_patches:
+        refuse(f"--mask_ratio {args.mask_ratio} removes no patch out of {num_patches}; MAE needs removed "
+               f"patches to learn from (the recipe uses 0.75)")
+    check_number("blr", args.blr, example="1e-3")
+    if args.lr is not None:
+        check_number("lr", args.lr, example="1.5e-4")
+    check_number("min_lr", args.min_lr)
+    check_number("warmup_epochs", args.warmup_epochs)
+    check_number("weight_decay", args.weight_decay, example="0.05")
+    if args.clip_grad is not None:
+        check_number("clip_grad", args.clip_grad, strict=True, example="1.0")
+    if args.data_path is not None and not str(args.data_path).strip():
+        refuse("--data_path is empty; give an ImageFolder ROOT or a .tar/.tar.gz of one, "
+               "or leave --data_path out to train on the offline photos")
+    if getattr(args, "loader", "auto") not in LOADERS:
+        refuse(f"--loader must be one of {LOADERS}, got {args.loader!r}")
+    if args.resume and args.overwrite:
+        refuse("--resume and --overwrite contradict each other; give one of them")
+
+
+
+
+# ----------------------------------------------------------------------------------
+# The frozen configuration
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of one run (``config.batch_size``, ...) and where each came from.
+
+    ``asked`` keeps what was asked for where a later source replaced it (an
+    absolute data path for a relative one, the loader ``auto`` chose), so a reader
+    of ``run.json`` can tell what was asked from what was derived.
+    """
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+    asked: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("values", "sources", "asked"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+
+    def __getattr__(self, name: str):
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(f"the run configuration has no setting {name!r}") from None
+
+    def _with(self, source: str, changes: dict) -> RunConfig:
+        values, sources, asked = dict(self.values), dict(self.sources), dict(self.asked)
+        for name, value in changes.items():
+            if sources.get(name) == "asked" and name not in asked and values.get(name) != value:
+                asked[name] = values.get(name)
+            values[name], sources[name] = value, source
+        return RunConfig(values, sources, asked)
+
+    def derive(self, **changes) -> RunConfig:
+        """A new configuration with ``changes`` as derived settings."""
+        return self._with("derived", changes)
+
+    def from_checkpoint(self, **changes) -> RunConfig:
+        """A new configuration with ``changes`` taken from the checkpoint being resumed."""
+        return self._with("checkpoint", changes)
+
+    def as_args(self) -> dict:
+        """The settings as a plain dict (a checkpoint's ``args``, as in the official layout)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.values.items()}
+
+    def as_record(self) -> dict:
+        """Each setting with its source, grouped by source, for ``run.json`` and checkpoints."""
+        record = {source: {} for source in SOURCES}
+        for name, value in self.as_args().items():
+            record[self.sources[name]][name] = value
+        record["asked_before_derived"] = dict(self.asked)
+        return record
+
+
+def _asked_names(args, argv, kwargs) -> set:
+    """Which settings this call asked for: with ``argv`` or keywords, the flags and keywords
+    given; with a namespace parsed elsewhere, the values that differ from the defaults (of
+    its preset)."""
+    parser = get_args_parser()
+    names = {a.dest for a in parser._actions if a.dest != "help"}
+    if args is None:
+        unset = object()  # argparse keeps an attribute the namespace already has unless its flag is given
+        seen = argparse.Namespace(**{name: unset for name in names})
+        parser.parse_args(argv or [], namespace=seen)
+        return {n for n in names if getattr(seen, n) is not unset} | set(kwargs)
+    defaults = parse_args([], preset=getattr(args, "preset", None))
+    return {n for n in names if getattr(args, n, None) != getattr(defaults, n, None)} | set(kwargs)
+
+
+def initial_config(args: argparse.Namespace | None, argv, kwargs) -> RunConfig:
+    """The settings as asked for, before any check, resume or derivation.
+
+    Give a parsed ``args`` namespace, or command-line ``argv``, or keywords named like
+    the flags (keywords win over both).
+    """
+    asked = _asked_names(args, argv, kwargs)
+    if args is None:
+        args = parse_args(argv, **kwargs)
+    elif kwargs:
+        args = argparse.Namespace(**{**vars(args), **kwargs})
+    values = dict(vars(args))
+    for name, default in (("overwrite", False), ("loader", "auto"), ("recon_every", 0), ("recon_images", 8)):
+        values.setdefault(name, default)  # namespaces made by older code lack these
+    preset = get_preset(values["preset"]).args if values.get("preset") else {}
+    sources = {n: "asked" if n in asked else "preset" if n in preset else "default" for n in values}
+    return RunConfig(values, sources)
+
+
+def derive_settings(config: RunConfig, world_size: int, device: torch.device, precision: str) -> RunConfig:
+    """What the flags imply once the processes and the device are known."""
+    with torch.device("meta"):  # the configuration only
+        img_size = create_model(config.model).config.img_size
+    derived = {"input_size": config.input_size if config.input_size is not None else img_size,
+               "world_size": world_size,
+               "effective_batch": config.batch_size * config.accum_iter * world_size,
+               "device": str(device), "precision": precision,
+               "dataset": resolve_dataset(config),
+               "pin_mem": config.pin_mem if config.pin_mem is not None else device.type == "cuda"}
+    if config.lr is None:
+        derived["lr"] = config.blr * derived["effective_batch"] / 256
+    if config.data_path is not None:
+        derived["data_path"] = os.path.abspath(os.path.expanduser(config.data_path))  # found from any folder
+    return config.derive(**{k: v for k, v in derived.items() if config.values.get(k) != v or k not in config.values})
+
+
+# ----------------------------------------------------------------------------------
+# What a resumed run takes from its checkpoint
+# What a resumed run takes from its checkpoint unless asked otherwise: the seed and the loader fix
+# the shuffle, the augmentation and the masks, and max_images the training images.
+KEPT_ON_RESUME = {"seed": "shuffle, augmentation and masks", "loader": "augmentation",
+                  "max_images": "training images"}
+
+
+def _show(name: str, value) -> str:
+    return "every image (no --max_images)" if name == "max_images" and value is None else f"--{name} {value}"
+
+
+def kept_from_checkpoint(path: str, config: RunConfig, saved: dict, auto: bool) -> RunConfig:
+    """A resume continues the run it resumes: the checkpoint's seed, loader and image subset
+    replace those not asked for, and one asked for that differs is refused.  ``--loader
+    auto`` asks for no loader in particular; the checkpoint holds the one auto chose.
+    Without ``--data_path`` the run reads the data its checkpoint was trained on."""
+    kept = {}
+    for name, what in KEPT_ON_RESUME.items():
+        if name not in saved or (name == "loader" and saved[name] not in LOADERS[1:]):
+            continue  # written before it was saved (or before the loader was resolved)
+        mine, theirs = config.values.get(name), saved[name]
+        if mine == theirs:
+            continue
+        if config.sources.get(name) == "asked" and not (name == "loader" and mine == "auto"):
+            keep = f"leave --{name} out" + (f" (or give {_show(name, theirs)})" if theirs is not None else "")
+            new = "choose another --output_dir for a new run" if auto else "drop --resume to start a new run"
+            refuse(f"{path} was trained with {_show(name, theirs)}, but {_show(name, mine)} was asked for, which "
+                   f"would change the run's {what}; {keep} to continue it, or {new}")
+        kept[name] = theirs
+    if config.data_path is None and config.dataset == "auto" and saved.get("data_path"):
+        kept["data_path"] = saved["data_path"]
+        kept["dataset"] = saved.get("dataset", "auto") if saved.get("dataset") in D.DATASETS else "auto"
+    return config.from_checkpoint(**kept)
