@@ -10,7 +10,7 @@ Two paths are timed on the same data set, batch size and input size:
   skipped with a message when it is not available or the data set cannot be
   held on the device.
 
-Both are built by ``mae_from_scratch.pretrain.build_pretrain_data`` with
+Both are built by ``mae_from_scratch.pretrain_data.build_pretrain_data`` with
 ``--loader pil`` or ``--loader device``, exactly as training builds them.
 
 Only the loader runs (batches are moved to the device and dropped), so each
@@ -33,17 +33,17 @@ import torch
 from mae_from_scratch import data as D
 from mae_from_scratch.distributed import DistInfo
 from mae_from_scratch.model import MODELS, create_model
-from mae_from_scratch.pretrain import build_pretrain_data
+from mae_from_scratch.pretrain_data import build_pretrain_data
 from mae_from_scratch.timing import loader_images_per_s
 
 
 def build_loader(args, kind: str, num_patches: int, device: torch.device):
     """The loader ``mae_from_scratch.pretrain`` builds with ``--loader kind``, the kind it
     really built, and the seconds building took (the device path decodes every image then)."""
-    a = argparse.Namespace(**{**vars(args), "loader": kind})
+    a = argparse.Namespace(**{"pin_mem": None, "no_progress": False, **vars(args), "loader": kind})
     t = time.perf_counter()
-    _, _, loader, _ = build_pretrain_data(a, num_patches, DistInfo(), device.type == "cuda", device)
-    return loader, a.loader, time.perf_counter() - t
+    data = build_pretrain_data(a, num_patches, DistInfo(), device)
+    return data.loader, data.loader_name, time.perf_counter() - t
 
 
 def main(argv=None):

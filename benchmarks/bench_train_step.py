@@ -8,7 +8,7 @@ fp16 with a GradScaler), same thread count (one process), SDPA attention on
 both sides, both compiled (--compile) or neither, the same AdamW.  The two are
 timed alternately, step by step, so a slow spell of the machine hits both; the
 ratio is of the medians.  The timing code is
-:func:`mae_from_scratch.timing.compare_with_hf` (importable from a notebook).
+:func:`mae_from_scratch.hf_compare.compare_with_hf` (importable from a notebook).
 
     python benchmarks/bench_train_step.py                 # CPU, all configurations
     python benchmarks/bench_train_step.py --device cuda --dtype bf16
@@ -22,8 +22,8 @@ import json
 
 import torch
 
+from mae_from_scratch.hf_compare import compare_with_hf
 from mae_from_scratch.model import create_model
-from mae_from_scratch.timing import compare_with_hf
 
 # name: (our factory, batch on CPU, batch on GPU)
 CONFIGS = {

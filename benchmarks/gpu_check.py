@@ -11,7 +11,7 @@ ends (a stage that fails records its error and the next one starts):
    ``ViTMAEForPreTraining`` with the same configuration (SDPA attention), eager
    and compiled, at the largest batch of ``--vitb_batches`` that fits in
    memory: images/s, HF's step time over ours, MFU against the GPU's dense
-   bf16 peak (:func:`mae_from_scratch.timing.compare_with_hf`).
+   bf16 peak (:func:`mae_from_scratch.hf_compare.compare_with_hf`).
 2. ``loader``: the ``gpu_cifar10`` preset's device loader (CIFAR-10 decoded
    once onto the GPU, crops made there) against that preset's training step,
    eager and compiled (:func:`~mae_from_scratch.timing.loader_images_per_s`,
@@ -63,16 +63,17 @@ sys.path.insert(1, str(HERE))
 
 import torch  # noqa: E402
 
-from mae_from_scratch.checkpoint import load_training_checkpoint  # noqa: E402
 from mae_from_scratch.data import CIFAR10_CLASSES  # noqa: E402
+from mae_from_scratch.hf_compare import compare_with_hf  # noqa: E402
 from mae_from_scratch.metrics import read_jsonl  # noqa: E402
 from mae_from_scratch.model import create_model  # noqa: E402
 from mae_from_scratch.photos import PhotoCrops  # noqa: E402
-from mae_from_scratch.pretrain import _parse  # noqa: E402
-from mae_from_scratch.run_record import hardware, write_json  # noqa: E402
+from mae_from_scratch.run_config import parse_args  # noqa: E402
+from mae_from_scratch.run_info import hardware, write_json  # noqa: E402
 from mae_from_scratch.timing import (  # noqa: E402
-    compare_with_hf, gpu_peak_tflops, loader_images_per_s, train_step_images_per_s,
+    gpu_peak_tflops, loader_images_per_s, train_step_images_per_s,
 )
+from mae_from_scratch.training_checkpoint import load_training_checkpoint  # noqa: E402
 
 STAGES = ("throughput", "loader", "resume", "record")
 
@@ -274,7 +275,7 @@ def stage_loader(ctx) -> dict:
         flags += ["--batch_size", str(cfg["loader_batch"])]
     if cfg["max_images"]:
         flags += ["--max_images", str(cfg["max_images"])]
-    args = _parse(flags)
+    args = parse_args(flags)
     with torch.device("meta"):
         meta = create_model(args.model)
     args.input_size, num_patches = meta.img_size, meta.patch_embed.num_patches
@@ -548,14 +549,14 @@ def stage_record(ctx) -> dict:
         res.update(first_epoch_loss=losses[0], last_epoch_loss=losses[-1],
                    loss_finite=all(math.isfinite(x) for x in losses), loss_decreased=losses[-1] < losses[0],
                    images_per_s_last_epoch=_r(epochs[-1].get("images_per_s"), 1))
-    for name in ("record.json", "eval.json", "run.json"):
+    for name in ("recording.json", "eval.json", "run.json"):
         p = out / name
         if p.is_file():
             try:
                 res[name.split(".")[0]] = json.loads(p.read_text())
             except ValueError:
                 pass
-    rec = res.pop("record", {})
+    rec = res.pop("recording", {})
     res["parts_s"] = rec.get("parts")
     run = res.pop("run", {})
     res["finished"] = run.get("finished")

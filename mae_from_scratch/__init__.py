@@ -14,10 +14,15 @@ module                    what it holds                               chapter
 ``model``                 ``MaskedAutoencoderViT`` and its configs    5, 7
 ``loss``                  masked MSE, per-patch normalized targets    6
 ``flops``                 FLOP counts of encoder and decoder          4, 5
-``checkpoint``            all checkpoint I/O: official checkpoints,   7
-                          atomic training ones, encoders to evaluate
-``data``                  data sets, transforms, archives, the
-                          resumable sampler
+``checkpoint``            reading checkpoints: official ones,         7
+                          encoders to evaluate
+``training_checkpoint``   training checkpoints, written atomically,
+                          read back to resume
+``data``                  data sets, transforms, the resumable
+                          sampler
+``archives``              ``.tar``/``.tar.gz`` data extracted once
+``image_check``           every image file decoded once before
+                          training
 ``engine``                training loops (``train_steps``, epochs)    4, 6, 7
 ``optim``                 AdamW parameter groups, lr schedule
 ``precision``             mixed precision chosen from the hardware
@@ -25,12 +30,17 @@ module                    what it holds                               chapter
 ``metrics``               the metrics logs (``log.txt``)
 ``presets``               named pretraining recipes
 ``pretrain``              ``python -m mae_from_scratch.pretrain``
-``evaluate``              kNN, linear probe, fine-tuning
+``features``              a frozen encoder's features and attention   9
+``knn``                   kNN classifier on frozen features           9
+``linear_probe``          linear probe on frozen features             9
+``validation``            choices made on held-out training images    9
+``finetune``              encoder and head trained end to end         9
+``evaluate``              ``python -m mae_from_scratch.evaluate``
 ``pictures``              figures
 ========================  ==========================================  =======
 """
 
-from .checkpoint import CheckpointMismatchError, load_official_checkpoint, load_training_checkpoint, save_atomic
+from .checkpoint import CheckpointMismatchError, load_official_checkpoint
 from .engine import train_steps
 from .metrics import read_epoch_log, read_step_log
 from .loss import masked_mse_loss, normalize_patches
@@ -49,12 +59,17 @@ from .model import (
 )
 from .patching import PatchEmbed, patchify, unpatchify
 from .pos_embed import get_2d_sincos_pos_embed
+from .training_checkpoint import load_training_checkpoint, save_atomic
 from .transformer import Attention, Block, explicit_attention
 
 # The command-line modules are not imported here, so that ``python -m mae_from_scratch.pretrain``
-# and ``python -m mae_from_scratch.evaluate`` run them fresh:
+# and ``python -m mae_from_scratch.evaluate`` run them fresh; nor are the evaluation parts, which
+# load torchvision (through ``data``).  Import them from their modules:
 #   from mae_from_scratch.pretrain import pretrain
-#   from mae_from_scratch.evaluate import knn_accuracy, linear_probe, extract_features, load_encoder
+#   from mae_from_scratch.features import extract_features, load_encoder
+#   from mae_from_scratch.knn import knn_accuracy
+#   from mae_from_scratch.linear_probe import linear_probe
+#   from mae_from_scratch.finetune import finetune
 #   from mae_from_scratch.presets import PRESETS   (python -m mae_from_scratch.presets lists them)
 
 __version__ = "0.1.0"

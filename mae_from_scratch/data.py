@@ -1,9 +1,13 @@
-"""Data for pretraining and evaluation: data sets by name, transforms, archives,
-and the resumable sampler.
+"""Data for pretraining and evaluation: data sets by name, transforms, and the
+resumable sampler.
 
 Everything here feeds :mod:`mae_from_scratch.pretrain` and
 :mod:`mae_from_scratch.evaluate`.  The book's photographs (and the offline
-``photos`` data set made of their crops) live in :mod:`mae_from_scratch.photos`.
+``photos`` data set made of their crops) live in :mod:`mae_from_scratch.photos`,
+the extraction of ``.tar``/``.tar.gz`` data in :mod:`mae_from_scratch.archives`,
+the check of every image file before training in
+:mod:`mae_from_scratch.image_check`, and :class:`DataError` in
+:mod:`mae_from_scratch.data_error`.
 
 Every data set and transform is a module-level class, with no lambdas or
 closures inside, so that data-loader workers started by ``spawn`` (the default
@@ -12,11 +16,7 @@ on macOS and Windows) can receive them by pickling.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tarfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,8 @@ from torch.utils.data import DistributedSampler
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
+from .archives import archive_root, data_cache_dir, is_archive
+from .data_error import DataError
 from .photos import IMAGENET_MEAN, IMAGENET_STD, PhotoCrops
 
 # ==================================================================================
@@ -60,7 +62,6 @@ STL10_CLASSES = (
 )
 
 DATASETS = ("photos", "cifar10", "stl10", "imagefolder")
-SPLIT_FOLDERS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -85,10 +86,6 @@ def dataset_info(name: str) -> DatasetInfo:
         # official checkpoints expect.
         return DatasetInfo(name, IMAGENET_MEAN, IMAGENET_STD, None)
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
-
-
-class DataError(RuntimeError):
-    """A data set cannot be read; the message says which path and why."""
 
 
 # ----------------------------------------------------------------------------------
@@ -190,86 +187,6 @@ class ResumableSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples - self.start
-
-
-# ----------------------------------------------------------------------------------
-# Archives: a .tar/.tar.gz of an ImageFolder tree is extracted once into a cache
-def data_cache_dir() -> Path:
-    """Where archives are extracted and downloads go: ``$MAE_DATA_CACHE`` or
-    ``~/.cache/mae_from_scratch``."""
-    return Path(os.environ.get("MAE_DATA_CACHE", Path.home() / ".cache" / "mae_from_scratch")).expanduser()
-
-
-def is_archive(path) -> bool:
-    return str(path).endswith((".tar", ".tar.gz", ".tgz"))
-
-
-def _check_member(member: tarfile.TarInfo, dest: Path) -> None:
-    target = (dest / member.name).resolve()
-    if member.name.startswith("/") or not target.is_relative_to(dest.resolve()):
-        raise DataError(f"refusing to extract {member.name!r}: it would be written outside {dest}")
-    if member.issym() or member.islnk():
-        raise DataError(f"refusing to extract {member.name!r}: links are not allowed in a data archive")
-
-
-def extract_archive(path, cache_dir=None) -> Path:
-    """Extract ``path`` (.tar, .tar.gz, .tgz) once and return the extraction folder.
-
-    The folder is named after the archive and a hash of its absolute path, size
-    and modification time, so a changed archive is extracted again.  It is
-    extracted into a private folder that is renamed into place when complete (with
-    a marker file inside), so an interrupted extraction is redone and two processes
-    extracting at once never see each other's half-written files.  Members that would land outside the folder (``../x``, absolute
-    paths) or are links are refused.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"archive not found: {path}")
-    st = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    stem = path.name.removesuffix(".gz").removesuffix(".tgz").removesuffix(".tar")
-    dest = Path(cache_dir) if cache_dir is not None else data_cache_dir()
-    dest = dest / f"{stem}-{key}"
-    if (dest / ".extracted").is_file():
-        return dest
-    # Extracted into a private folder, then renamed into place in one step: two processes that
-    # extract at once (two notebooks, two test workers) never read each other's half-written files.
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        with tarfile.open(path) as tar:
-            members = tar.getmembers()
-            for m in members:
-                _check_member(m, tmp)
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp, members=members, filter="data")
-            else:  # Python < 3.11.4: members were checked above
-                tar.extractall(tmp, members=members)
-        (tmp / ".extracted").write_text(str(path.resolve()))
-        if dest.is_dir() and not (dest / ".extracted").is_file():
-            shutil.rmtree(dest)  # left by an extraction that was cut short
-        try:
-            os.rename(tmp, dest)
-        except OSError:  # another process finished first: its folder is as good as ours
-            if not (dest / ".extracted").is_file():
-                raise
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:  # a cut-off .gz ends in EOFError
-        raise DataError(f"cannot read archive {path} (truncated or corrupted?): {type(e).__name__}: {e}; "
-                        "download or copy it again") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def archive_root(path) -> Path:
-    """Extract an archive and return its data root: its single top-level folder if it
-    has exactly one (``cifar10/`` in cifar10-jpeg.tar.gz), else the extraction folder."""
-    dest = extract_archive(path)
-    top = [p for p in dest.iterdir() if not p.name.startswith(".")]
-    if len(top) == 1 and top[0].is_dir() and top[0].name not in SPLIT_FOLDERS:
-        return top[0]
-    return dest  # the split folders themselves are at the top (or there are several folders)
 
 
 # ----------------------------------------------------------------------------------
@@ -521,81 +438,3 @@ def subset(ds, n: int | None, seed: int = 0):
         return ds
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     return torch.utils.data.Subset(ds, idx)
-
-
-# ----------------------------------------------------------------------------------
-# Every image file checked once, before training
-def image_files(ds) -> list[str] | None:
-    """The file paths behind the items of ``ds`` (a :class:`ClassFolder`, possibly inside
-    :class:`_Transformed` and ``Subset``), in item order; ``None`` for in-memory data sets."""
-    indices = None
-    while True:
-        if isinstance(ds, torch.utils.data.Subset):
-            idx = list(ds.indices)
-            indices = idx if indices is None else [idx[i] for i in indices]
-            ds = ds.dataset
-        elif isinstance(ds, _Transformed):
-            ds = ds.base
-        else:
-            break
-    samples = getattr(ds, "samples", None)
-    if not isinstance(ds, ImageFolder) or samples is None:
-        return None
-    paths = [p for p, _ in samples]
-    return paths if indices is None else [paths[i] for i in indices]
-
-
-def check_image(path: str) -> str | None:
-    """Why the image file ``path`` cannot be read, or ``None`` if it decodes.  JPEGs are
-    decoded at a reduced scale (every byte is still read), which is several times faster."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                img.draft("RGB", (max(img.width // 8, 1), max(img.height // 8, 1)))
-            img.load()
-    except Exception as e:  # PIL raises several types; the file name is what matters
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-class _ImageCheck(torch.utils.data.Dataset):
-    def __init__(self, paths):
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        return self.paths[i], check_image(self.paths[i])
-
-
-def collate_as_list(items):
-    """A ``collate_fn`` that keeps a batch as the list of its items (picklable for workers)."""
-    return items
-
-
-def bad_images_error(bad: list[tuple[str, str]]) -> DataError:
-    """One error naming every unreadable image file (``(path, why)`` pairs)."""
-    listed = "; ".join(f"{p} ({why})" for p, why in bad)
-    return DataError(f"{len(bad)} image file{'s' if len(bad) > 1 else ''} cannot be read: {listed}. "
-                     "Remove or replace them, then run again")
-
-
-def verify_images(ds, num_workers: int = 0, progress: bool = False) -> None:
-    """Decode every image file of ``ds`` once and raise :class:`DataError` naming all the
-    unreadable ones together, so a broken file stops the run before its first step
-    rather than when its batch comes up.  In-memory data sets need no check."""
-    paths = image_files(ds)
-    if not paths:
-        return
-    from tqdm import tqdm
-
-    loader = torch.utils.data.DataLoader(_ImageCheck(paths), batch_size=64, num_workers=num_workers,
-                                         collate_fn=collate_as_list)
-    bad = []
-    for batch in tqdm(loader, desc="checking images", disable=not progress, ascii=True):
-        bad.extend((p, why) for p, why in batch if why is not None)
-    if bad:
-        raise bad_images_error(bad)

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import DataError, bad_images_error, collate_as_list
+from .data_error import DataError
+from .image_check import bad_images_error, collate_as_list
 
 __all__ = [
     "DeviceBatchLoader",
@@ -289,7 +290,7 @@ def decode_images(ds, num_workers: int = 0, progress: bool = False) -> DeviceIma
     """Decode every image of ``ds`` (items ``(PIL image, label)``) once, on the CPU.
 
     Raises :class:`NotUniformError` naming the first image whose size differs, and
-    :class:`~mae_from_scratch.data.DataError` naming every image that cannot be read
+    :class:`~mae_from_scratch.data_error.DataError` naming every image that cannot be read
     (all of them, after trying every image).
     """
     raw = _raw_arrays(ds)

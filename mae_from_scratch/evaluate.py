@@ -68,6 +68,7 @@ from torch.utils.data import DataLoader
 
 from . import data as D
 from .cli_checks import OneLineParser, check_device, check_number, check_whole, one_line, refuse
+from .data_error import DataError
 from .features import POOLS, extract_features, load_encoder
 from .finetune import finetune, finetune_transform
 from .knn import KNN_GRID, knn_evaluation
@@ -293,7 +294,7 @@ def main(argv=None) -> int:
         args = get_args_parser().parse_args(argv)
         result = evaluate(args)
         line = json.dumps(result, allow_nan=False)
-    except (D.DataError, OSError, ValueError) as e:
+    except (DataError, OSError, ValueError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return 1
     print(line, flush=True)

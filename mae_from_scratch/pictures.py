@@ -1,9 +1,22 @@
-"""Pictures: patch grids, masks and reconstructions, drawn with matplotlib."""
+"""Pictures: patch grids, masks and reconstructions, drawn with matplotlib.
+
+What the pictures show is computed in :mod:`~mae_from_scratch.snapshots`, without
+matplotlib (:func:`masked_image`, :func:`reconstruct`, :func:`grid_image`); they are
+imported here from there, so ``from mae_from_scratch.pictures import reconstruct`` works
+too.  This module draws; the training engine, which only saves pictures, never imports it.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import torch
+
+from .metrics import read_jsonl
+from .patching import patchify
+from .photos import denormalize
+from .snapshots import grid_image, masked_image, reconstruct
 
 
 def to_numpy_image(img: torch.Tensor):
@@ -51,44 +64,9 @@ def show_patches(patches: torch.Tensor, p: int, channels: int = 3, ncols: int | 
     return fig
 
 
-def masked_image(img: torch.Tensor, mask: torch.Tensor, p: int, fill: float = 0.5) -> torch.Tensor:
-    """``img (3, H, W)`` with the removed patches (``mask (L,)`` == 1) painted grey."""
-    from .patching import patchify, unpatchify
-
-    x = patchify(img[None], p)[0]
-    x = torch.where(mask.bool()[:, None], torch.full_like(x, fill), x)
-    return unpatchify(x[None], p, img.shape[0])[0]
-
-
 def show_mask(img: torch.Tensor, mask: torch.Tensor, p: int, ax=None, title: str | None = None):
     """Show ``img`` with the patches that the mask removes greyed out."""
     return show_image(masked_image(img, mask, p), ax, title)
-
-
-@torch.no_grad()
-def reconstruct(model, imgs: torch.Tensor, mask_ratio: float = 0.75, noise=None, stats: str = "true"):
-    """Run ``model`` on normalized ``imgs`` and return pixel-space pictures, all ``(N, 3, H, W)``.
-
-    Returns a dict with ``pred`` (the model's prediction for every patch), ``pasted``
-    (prediction on removed patches, real pixels on visible ones), both still normalized
-    like ``imgs``, and ``mask`` ``(N, L)``.  For a ``norm_pix_loss`` model the prediction is mapped back to pixels with
-    :func:`~mae_from_scratch.loss.unnormalize_patches` using ``stats``.
-    """
-    from .loss import unnormalize_patches
-
-    was_training = model.training
-    model.eval()
-    _, pred, mask = model(imgs, mask_ratio=mask_ratio, noise=noise)
-    model.train(was_training)
-    patches = model.patchify(imgs)
-    if getattr(model, "norm_pix_loss", False):
-        pred = unnormalize_patches(pred, patches, mask, stats=stats)
-    m = mask.unsqueeze(-1)
-    return {
-        "pred": model.unpatchify(pred),
-        "pasted": model.unpatchify(pred * m + patches * (1 - m)),
-        "mask": mask,
-    }
 
 
 def show_reconstructions(model, imgs: torch.Tensor, mean, std, mask_ratio: float = 0.75, noise=None,
@@ -99,8 +77,6 @@ def show_reconstructions(model, imgs: torch.Tensor, mean, std, mask_ratio: float
     de-normalized and clipped to ``[0, 1]``.  For ``norm_pix_loss`` models the ``stats``
     choice is written in the column title (see :func:`reconstruct`).
     """
-    from .photos import denormalize
-
     out = reconstruct(model, imgs, mask_ratio, noise, stats)
     p = model.patch_size
     norm_pix = getattr(model, "norm_pix_loss", False)
@@ -120,10 +96,6 @@ def show_reconstructions(model, imgs: torch.Tensor, mean, std, mask_ratio: float
 
 def read_metrics(log):
     """A metrics log as a list of dicts: a list already, or a JSON-lines file such as ``log.txt``."""
-    from pathlib import Path
-
-    from .metrics import read_jsonl
-
     if isinstance(log, (str, Path)):
         if not Path(log).is_file():
             raise FileNotFoundError(f"metrics log not found: {log}")
@@ -166,8 +138,6 @@ def draw_architecture(img: torch.Tensor, mask: torch.Tensor, p: int, recon: torc
     the masked input, the visible patches, the target or reconstruction.
     """
     from matplotlib.patches import FancyBboxPatch, Rectangle
-
-    from .patching import patchify
 
     if img.ndim != 3:
         raise ValueError(f"img must be (3, H, W); got shape {tuple(img.shape)}")
@@ -292,8 +262,6 @@ def show_rows(rows: torch.Tensor, row_titles=None, title: str | None = None, ax=
     """Pictures in a table: ``rows (R, n, 3, s, s)`` in ``[0, 1]``, one row of ``n`` per kind
     (e.g. :func:`~mae_from_scratch.snapshots.reconstruction_rows`), laid out as
     :func:`~mae_from_scratch.snapshots.save_grid` saves them."""
-    from .snapshots import grid_image
-
     return show_grid(to_numpy_image(grid_image(rows)), row_titles, title, ax)
 
 

@@ -61,7 +61,7 @@ from pathlib import Path
 import torch
 
 from . import data as D
-from .checkpoint import CheckpointMismatchError, load_training_checkpoint, save_atomic, training_checkpoint
+from .checkpoint import CheckpointMismatchError
 from .cli_checks import InputError, check_device, one_line, refuse
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from .engine import EpochMeter, StepInfo, compile_model, train_one_epoch
@@ -69,7 +69,10 @@ from .metrics import MetricsWriter
 from .model import create_model
 from .optim import build_optimizer, lr_at
 from .precision import choose_precision
-from .run_config import RunConfig, check_args, derive_settings, get_args_parser, initial_config, kept_from_checkpoint
+from .run_config import (
+    RunConfig, check_args, derive_settings, initial_config, kept_from_checkpoint, model_of,
+    read_resume_checkpoint,
+)
 from .pretrain_data import PretrainData, build_pretrain_data
 from .run_folder import (
     LAST_CHECKPOINT, check_not_overwriting, check_output_dir, claimed, clear_old_run, mount_drive_if_asked,
@@ -77,6 +80,7 @@ from .run_folder import (
 from .run_info import RunInfo, data_record
 from .snapshots import fixed_noise, heldout_images, reconstruction_rows, save_grid, snapshot_path
 from .train_step import NonFiniteLossError
+from .training_checkpoint import save_atomic, training_checkpoint
 
 @dataclass
 class PretrainResult:
@@ -92,7 +96,8 @@ class PretrainResult:
 def pretrain(args=None, argv: list[str] | None = None, *, command: str | None = None, **kwargs) -> PretrainResult:
     """Pretrain an MAE; returns the model, the output folder and the metrics log path.
 
-    Give either a parsed ``args`` namespace (from :func:`get_args_parser`), or
+    Give either a parsed ``args`` namespace (from
+    :func:`~mae_from_scratch.run_config.get_args_parser`), or
     command-line style ``argv``, or keywords named like the flags, e.g.
     ``pretrain(preset="cpu_smoke", output_dir="runs/smoke", epochs=3)``.
     """
@@ -152,38 +157,6 @@ def _output_dir(config) -> Path | None:
     return Path(config.output_dir) if config.output_dir else None
 
 
-def _model_of(ckpt: dict) -> str:
-    saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-    name = saved.get("model")
-    cfg = ckpt.get("model_config")
-    if isinstance(cfg, dict):
-        size = ", ".join(f"{k}={cfg[k]}" for k in ("img_size", "patch_size", "embed_dim", "depth") if k in cfg)
-        return f"{name or 'a model'} ({size})"
-    return str(name) if name else "weights of another model"
-
-
-
-def read_resume_checkpoint(path: str, config, auto: bool) -> dict:
-    """The checkpoint to continue from, checked to be a training checkpoint of the model asked for.
-
-    What the run takes from it (seed, loader, images, data) is
-    :func:`~mae_from_scratch.run_config.kept_from_checkpoint`'s business.
-    """
-    ckpt = load_training_checkpoint(path)  # refuses unreadable and weights-only files
-    for key in ("optimizer", "epoch", "args", "rng"):
-        if key not in ckpt:
-            refuse(f"{path} is not a checkpoint of this pretraining code (no {key!r} entry), so it cannot be "
-                   "resumed; load its weights with mae_from_scratch.load_official_checkpoint instead")
-    saved = ckpt["args"] if isinstance(ckpt["args"], dict) else {}
-    if saved.get("model") not in (None, config.model):
-        flag = "" if auto else " (or drop --resume to start a new run)"
-        refuse(f"{path} holds {_model_of(ckpt)} but --model {config.model} was asked for; resume with --model "
-               f"{saved.get('model')}{flag}")
-    return ckpt
-
-
-
-
 # ==================================================================================
 # Stage 2: the model and its optimizer
 # ==================================================================================
@@ -202,7 +175,7 @@ def build_model_and_optimizer(config: RunConfig, ckpt: dict | None, device: torc
             model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
             lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
-            refuse(f"{config.resume} holds {_model_of(ckpt)}, which does not fit --model {config.model} at "
+            refuse(f"{config.resume} holds {model_of(ckpt)}, which does not fit --model {config.model} at "
                    f"--input_size {config.input_size} ({lines[0] if lines else e}); resume with the checkpoint's "
                    "--model and --input_size")
     # On its device before the optimizer state is loaded: loading places each state tensor on its
@@ -334,7 +307,7 @@ class PretrainRun:
                                         data.info.std, seed=c.seed, num_photos=c.num_photos)
             self.snapshot_batch = (imgs, fixed_noise(imgs.shape[0], self.model.patch_embed.num_patches, c.seed))
         self.run_info = RunInfo(self.out, enabled=self.is_main)
-        self.run_info.start(args=c.as_args(), device=self.device,
+        self.run_info.start(args=c.as_args(), config=c.as_record(), device=self.device,
                             data=data_record(data.info.name, c.data_path, len(data.dataset)),
                             epochs_scheduled=c.epochs, resumed=self.resumed, command=command)
         if self.start_step == 0 and self.start_epoch % max(c.recon_every, 1) == 0:

@@ -19,6 +19,7 @@ from . import data as D
 from .cli_checks import refuse
 from .device_data import DeviceBatchLoader, NotUniformError, decode_images, first_image_nbytes, fits_on_device
 from .distributed import DistInfo
+from .image_check import verify_images
 
 
 @dataclass
@@ -86,7 +87,7 @@ def build_pretrain_data(config, num_patches: int, dist_info: DistInfo, device: t
     # Every image file decoded once now, so a broken one stops the run before its first step.
     # One process checks for all: under torchrun, its error ends the other ranks too.
     if dist_info.is_main:
-        D.verify_images(base, num_workers=config.num_workers, progress=not config.no_progress)
+        verify_images(base, num_workers=config.num_workers, progress=not config.no_progress)
     dataset = D.MAEPretrainDataset(base, D.pretrain_transform(config.input_size, info.mean, info.std),
                                    num_patches, seed=config.seed)
     sampler = D.ResumableSampler(dataset, dist_info.world_size, dist_info.rank, seed=config.seed)

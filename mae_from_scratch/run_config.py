@@ -36,6 +36,7 @@ from .masking import num_kept
 from .model import MODELS, create_model
 from .precision import PRECISIONS
 from .presets import PRESETS, describe, get_preset
+from .training_checkpoint import load_training_checkpoint
 
 LOADERS = ("auto", "device", "pil")
 SOURCES = ("asked", "preset", "default", "checkpoint", "derived")
@@ -219,8 +220,10 @@ class RunConfig:
     def _with(self, source: str, changes: dict) -> RunConfig:
         values, sources, asked = dict(self.values), dict(self.sources), dict(self.asked)
         for name, value in changes.items():
-            if sources.get(name) == "asked" and name not in asked and values.get(name) != value:
-                asked[name] = values.get(name)
+            if name in values and values[name] == value:
+                continue  # the same value keeps its source (asked for, and confirmed)
+            if sources.get(name) == "asked" and name not in asked:
+                asked[name] = values[name]
             values[name], sources[name] = value, source
         return RunConfig(values, sources, asked)
 
@@ -293,11 +296,41 @@ def derive_settings(config: RunConfig, world_size: int, device: torch.device, pr
         derived["lr"] = config.blr * derived["effective_batch"] / 256
     if config.data_path is not None:
         derived["data_path"] = os.path.abspath(os.path.expanduser(config.data_path))  # found from any folder
-    return config.derive(**{k: v for k, v in derived.items() if config.values.get(k) != v or k not in config.values})
+    return config.derive(**derived)
 
 
 # ----------------------------------------------------------------------------------
-# What a resumed run takes from its checkpoint
+# The checkpoint a resumed run continues, and what the run takes from it
+def model_of(ckpt: dict) -> str:
+    saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    name = saved.get("model")
+    cfg = ckpt.get("model_config")
+    if isinstance(cfg, dict):
+        size = ", ".join(f"{k}={cfg[k]}" for k in ("img_size", "patch_size", "embed_dim", "depth") if k in cfg)
+        return f"{name or 'a model'} ({size})"
+    return str(name) if name else "weights of another model"
+
+
+
+def read_resume_checkpoint(path: str, config, auto: bool) -> dict:
+    """The checkpoint to continue from, checked to be a training checkpoint of the model asked for.
+
+    What the run takes from it (seed, loader, images, data) is
+    :func:`~mae_from_scratch.run_config.kept_from_checkpoint`'s business.
+    """
+    ckpt = load_training_checkpoint(path)  # refuses unreadable and weights-only files
+    for key in ("optimizer", "epoch", "args", "rng"):
+        if key not in ckpt:
+            refuse(f"{path} is not a checkpoint of this pretraining code (no {key!r} entry), so it cannot be "
+                   "resumed; load its weights with mae_from_scratch.load_official_checkpoint instead")
+    saved = ckpt["args"] if isinstance(ckpt["args"], dict) else {}
+    if saved.get("model") not in (None, config.model):
+        flag = "" if auto else " (or drop --resume to start a new run)"
+        refuse(f"{path} holds {model_of(ckpt)} but --model {config.model} was asked for; resume with --model "
+               f"{saved.get('model')}{flag}")
+    return ckpt
+
+
 # What a resumed run takes from its checkpoint unless asked otherwise: the seed and the loader fix
 # the shuffle, the augmentation and the masks, and max_images the training images.
 KEPT_ON_RESUME = {"seed": "shuffle, augmentation and masks", "loader": "augmentation",

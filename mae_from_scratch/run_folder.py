@@ -16,7 +16,7 @@ import socket
 import time
 from pathlib import Path
 
-from .checkpoint import process_alive, remove_stale_temporaries
+from .training_checkpoint import process_alive, remove_stale_temporaries
 from .cli_checks import refuse
 from .metrics import EPOCH_LOG, STEP_LOG
 from .run_info import RUN_INFO

@@ -15,6 +15,12 @@ so its prediction has no colour or brightness of its own.  The pictures give eac
 removed patch the mean and standard deviation of the image's *visible* patches
 (``stats='visible'``), never those of the hidden patch itself: nothing the model
 was not shown reaches the picture.
+
+This module computes pictures as tensors and saves them as PNG files (with
+torchvision, no matplotlib): :func:`masked_image`, :func:`reconstruct` and the rows
+above.  :mod:`~mae_from_scratch.pictures` draws them with matplotlib; it imports from
+here, never the other way round, so a training run that saves snapshots (or none)
+does not load matplotlib.
 """
 
 from __future__ import annotations
@@ -25,11 +31,44 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from . import data as D
-from .pictures import masked_image, reconstruct
+from .image_check import image_files
+from .loss import unnormalize_patches
+from .patching import patchify, unpatchify
 from .photos import denormalize
 
 ROW_TITLES = ("original", "masked", "reconstruction", "reconstruction + visible")
 RECON_DIR = "recon"
+
+
+def masked_image(img: torch.Tensor, mask: torch.Tensor, p: int, fill: float = 0.5) -> torch.Tensor:
+    """``img (3, H, W)`` with the removed patches (``mask (L,)`` == 1) painted grey."""
+    x = patchify(img[None], p)[0]
+    x = torch.where(mask.bool()[:, None], torch.full_like(x, fill), x)
+    return unpatchify(x[None], p, img.shape[0])[0]
+
+
+@torch.no_grad()
+def reconstruct(model, imgs: torch.Tensor, mask_ratio: float = 0.75, noise=None, stats: str = "true"):
+    """Run ``model`` on normalized ``imgs`` and return pixel-space pictures, all ``(N, 3, H, W)``.
+
+    Returns a dict with ``pred`` (the model's prediction for every patch), ``pasted``
+    (prediction on removed patches, real pixels on visible ones), both still normalized
+    like ``imgs``, and ``mask`` ``(N, L)``.  For a ``norm_pix_loss`` model the prediction is mapped back to pixels with
+    :func:`~mae_from_scratch.loss.unnormalize_patches` using ``stats``.
+    """
+    was_training = model.training
+    model.eval()
+    _, pred, mask = model(imgs, mask_ratio=mask_ratio, noise=noise)
+    model.train(was_training)
+    patches = model.patchify(imgs)
+    if getattr(model, "norm_pix_loss", False):
+        pred = unnormalize_patches(pred, patches, mask, stats=stats)
+    m = mask.unsqueeze(-1)
+    return {
+        "pred": model.unpatchify(pred),
+        "pasted": model.unpatchify(pred * m + patches * (1 - m)),
+        "mask": mask,
+    }
 
 
 def heldout_images(dataset: str, data_path, n: int, input_size: int, mean, std, seed: int = 0,
@@ -45,7 +84,7 @@ def heldout_images(dataset: str, data_path, n: int, input_size: int, mean, std, 
         raise D.DataError(f"the test split of {dataset} has {len(ds)} images; {n} held-out images were asked for")
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values.tolist()
     items = [ds[i] for i in idx]
-    files = D.image_files(ds)  # None for in-memory data sets: their index names the image
+    files = image_files(ds)  # None for in-memory data sets: their index names the image
     names = [f"{Path(files[i]).parent.name}/{Path(files[i]).name}" if files else str(i) for i in idx]
     return torch.stack([im for im, _ in items]), [int(y) for _, y in items], names
 

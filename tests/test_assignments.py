@@ -22,6 +22,7 @@ import pytest
 from docutils import nodes
 
 from mae_from_scratch import assignments as A
+from mae_from_scratch.assignments import grading
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = A.chapters(ROOT)
@@ -70,6 +71,95 @@ def test_chapters_come_from_the_toc(tmp_path):
     assert [p.stem for p in CHAPTERS][:7] == [
         "01_patches", "02_masking", "03_positional_embeddings", "04_encoder", "05_decoder",
         "06_loss", "07_the_whole_model"]
+
+
+# --------------------------------------------------------------------------------------
+# the book folder: given, or found from the working directory, never the package's own
+
+
+def _small_book(folder: Path) -> Path:
+    """A book of one chapter (01_patches) whose student notebooks install ``tmpref`` into
+    ``handouts/``: anything read from the checkout instead shows as nine chapters, the real
+    ref or the real folder."""
+    import yaml
+
+    (folder / "notebooks").mkdir(parents=True)
+    (folder / "notebooks" / "01_patches.ipynb").write_bytes(
+        (ROOT / "notebooks" / "01_patches.ipynb").read_bytes())
+    (folder / "_toc.yml").write_text(
+        "format: jb-book\nroot: intro\nparts:\n  - chapters:\n      - file: notebooks/01_patches\n")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["assignments"] = {"ref": "tmpref", "folder": "handouts"}
+    (folder / "_config.yml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def test_the_book_is_the_one_found_from_the_working_directory(tmp_path, monkeypatch):
+    book = _small_book(tmp_path / "book")
+    # The package still sits in a checkout with every chapter: a fallback to it would show.
+    assert A.chapters(Path(A.__file__).resolve().parents[2]) == CHAPTERS
+    monkeypatch.chdir(book / "notebooks")  # below the book: the search walks up
+    assert A.find_book() == book.resolve()
+    assert A.chapters() == [book.resolve() / "notebooks" / "01_patches.ipynb"]
+    assert (A.settings().ref, A.settings().folder) == ("tmpref", "handouts")
+    assert A.generate() == ["01_patches.ipynb"]
+    assert [p.name for p in (book / "handouts").iterdir()] == ["01_patches.ipynb"]
+    nb = nbformat.read(book / "handouts" / "01_patches.ipynb", as_version=4)
+    assert nb.metadata["mae_assignment"] == {"chapter": "01_patches", "ref": "tmpref"}
+    assert A.main(["generate", "--check"]) == 0
+    assert A.main(["annotate", "--check"]) == 0
+
+
+def test_book_given_from_another_folder(tmp_path, monkeypatch, capsys):
+    book = _small_book(tmp_path / "book")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    expected = nbformat.writes(_student("01_patches")) + "\n"
+    # --book before the command (as it always was) or after it; the book's own chapters.
+    assert A.main(["--book", str(ROOT), "generate", "--out", "a", "01"]) == 0
+    assert A.main(["generate", "--book", str(ROOT), "--out", "b", "01"]) == 0
+    for out in ("a", "b"):
+        assert [p.name for p in (elsewhere / out).iterdir()] == ["01_patches.ipynb"]
+        assert (elsewhere / out / "01_patches.ipynb").read_text() == expected
+    # Without --out the notebooks go to the folder the given book's _config.yml names.
+    assert A.main(["generate", "--book", str(book)]) == 0
+    assert (book / "handouts" / "01_patches.ipynb").is_file()
+    assert A.main(["annotate", "--book", str(book), "--check"]) == 0
+    with pytest.raises(SystemExit, match="not a book folder"):
+        A.main(["generate", "--book", str(elsewhere)])
+
+
+def test_no_book_folder_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a temporary folder: no _toc.yml in it or above it
+    for argv in (["generate", "--out", "out"], ["annotate"], ["grade", "."]):
+        with pytest.raises(SystemExit) as e:
+            A.main(argv)
+        # A string exit code: Python prints it as the one line, with no traceback.
+        assert isinstance(e.value.code, str) and "\n" not in e.value.code
+        assert "no book folder" in e.value.code and "pass --book" in e.value.code
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match="pass --book"):
+        A.chapters()
+
+
+@pytest.mark.slow
+def test_python_m_runs_from_another_folder(tmp_path):
+    """``python -m mae_from_scratch.assignments`` as an instructor runs it: --book, or the
+    one-line refusal (the package import takes seconds: torch)."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "mae_from_scratch.assignments", *args],
+                              cwd=tmp_path, capture_output=True, text=True)
+
+    done = run("generate", "--book", str(ROOT), "--out", "out", "01")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "01_patches.ipynb").read_text() == (
+        nbformat.writes(_student("01_patches")) + "\n")
+    refused = run("generate", "--out", "out2")
+    assert refused.returncode == 1 and not (tmp_path / "out2").exists()
+    assert refused.stderr.strip().splitlines() == [
+        f"no book folder (one with _toc.yml and notebooks/) in {tmp_path.resolve()} or above: "
+        f"pass --book DIR"]
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
@@ -355,7 +445,7 @@ def test_every_submission_runs_on_the_cpu_with_the_data_it_is_handed(tmp_path, m
         def communicate(self, timeout=None):
             return b"", None
 
-    monkeypatch.setattr(A.subprocess, "Popen", FakeRun)
+    monkeypatch.setattr(grading.subprocess, "Popen", FakeRun)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.delenv("MAE_CIFAR10_TAR", raising=False)
     archive = tmp_path / "cifar.tar.gz"

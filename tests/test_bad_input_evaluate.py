@@ -16,6 +16,7 @@ import torch
 from mae_from_scratch import checkpoint as C
 from mae_from_scratch import data as D
 from mae_from_scratch import evaluate as E
+from mae_from_scratch import training_checkpoint as TC
 from mae_from_scratch.features import load_encoder
 from mae_from_scratch.model import mae_vit_micro_patch4_32
 
@@ -169,7 +170,7 @@ def test_bad_checkpoint_is_refused_in_one_line(name, pattern, folder, ckpts, cap
 @pytest.mark.parametrize("name,pattern", [c for c in CKPT_CASES if c[0] in ("garbage.pth", "truncated.pth",
                                                                            "empty.pth", "pickled.pth")])
 def test_checkpoint_readers_name_the_path(name, pattern, ckpts):
-    for read in (C.load_training_checkpoint, lambda p: C.load_official_checkpoint(mae_vit_micro_patch4_32(), p)):
+    for read in (TC.load_training_checkpoint, lambda p: C.load_official_checkpoint(mae_vit_micro_patch4_32(), p)):
         with pytest.raises(C.CheckpointReadError, match=pattern) as info:
             read(ckpts / name)
         assert "weights_only=False" not in str(info.value) and "\n" not in str(info.value)
@@ -179,7 +180,7 @@ def test_checkpoint_readers_name_the_path(name, pattern, ckpts):
 def test_resuming_an_official_weights_only_file_says_how_to_start_from_it(ckpts):
     with pytest.raises(C.WeightsOnlyCheckpointError, match=r"official\.pth holds model weights only.*"
                                                            r"load_official_checkpoint\(model, path\)"):
-        C.load_training_checkpoint(ckpts / "official.pth")
+        TC.load_training_checkpoint(ckpts / "official.pth")
     assert issubclass(C.WeightsOnlyCheckpointError, ValueError)
     assert C.load_encoder_checkpoint(ckpts / "official.pth").source == "official"  # evaluation still reads it
 

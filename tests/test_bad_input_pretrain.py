@@ -25,7 +25,7 @@ from _engine_helpers import make_image_folder, make_tar, poison_loss_at_call, wr
 from mae_from_scratch import data as D
 from mae_from_scratch import pretrain as P
 from mae_from_scratch.cli_checks import InputError
-from mae_from_scratch.checkpoint import load_training_checkpoint
+from mae_from_scratch.training_checkpoint import load_training_checkpoint
 from mae_from_scratch.train_step import NonFiniteLossError
 from mae_from_scratch.metrics import read_epoch_log, read_step_log
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mae_from_scratch import checkpoint as C
+from mae_from_scratch import training_checkpoint as TC
 
 
 def _state(v: float) -> dict:
@@ -17,15 +18,15 @@ def _state(v: float) -> dict:
 
 def test_save_then_load_weights_only(tmp_path):
     path = tmp_path / "ck.pth"
-    C.save_atomic(_state(1.0), path)
-    ck = C.load_training_checkpoint(path)
+    TC.save_atomic(_state(1.0), path)
+    ck = TC.load_training_checkpoint(path)
     assert torch.equal(ck["model"]["w"], torch.ones(4, 4)) and ck["args"] == {"lr": 1.0, "name": "x"}
 
 
 @pytest.mark.parametrize("crash_in", ["torch.save", "os.replace"])
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, crash_in):
     path = tmp_path / "ck.pth"
-    C.save_atomic(_state(1.0), path)
+    TC.save_atomic(_state(1.0), path)
 
     real_save = torch.save
 
@@ -43,22 +44,22 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, cras
     else:
         monkeypatch.setattr(os, "replace", crash_before_rename)
     with pytest.raises(KeyboardInterrupt):
-        C.save_atomic(_state(2.0), path)
+        TC.save_atomic(_state(2.0), path)
     monkeypatch.undo()
 
-    ck = C.load_training_checkpoint(path)
+    ck = TC.load_training_checkpoint(path)
     assert torch.equal(ck["model"]["w"], torch.ones(4, 4)) and ck["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pth"]  # no temporary file left behind
 
 
 def test_truncated_file_gives_a_clear_error(tmp_path):
     path = tmp_path / "ck.pth"
-    C.save_atomic(_state(1.0), path)
+    TC.save_atomic(_state(1.0), path)
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(ValueError, match="cannot read checkpoint .*ck.pth"):
-        C.load_training_checkpoint(path)
+        TC.load_training_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        C.load_training_checkpoint(tmp_path / "missing.pth")
+        TC.load_training_checkpoint(tmp_path / "missing.pth")
 
 
 # ---------------------------------------------------------------------------------- building and reading
@@ -80,13 +81,13 @@ def test_training_checkpoint_round_trip_gives_back_the_encoder(tmp_path):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     config = initial_config(None, ["--model", "mae_vit_micro_patch4_32", "--data_path", "/data/x"], {})
     config = config.derive(mean=(0.1, 0.2, 0.3))
-    state = C.training_checkpoint(model, opt, scaler, config, epoch=2, epoch_step=3, steps_per_epoch=5,
+    state = TC.training_checkpoint(model, opt, scaler, config, epoch=2, epoch_step=3, steps_per_epoch=5,
                                   epoch_meter=EpochMeter(loss_sum=1.5, steps=3), dataset=dataset_info("cifar10"))
     assert (state["epoch"], state["step"], state["epoch_step"]) == (2, 13, 3)
     assert state["args"]["mean"] == [0.1, 0.2, 0.3]  # tuples become lists: weights_only-safe
     assert state["config"]["asked"]["data_path"] == "/data/x" and state["config"]["derived"]["mean"] == [0.1, 0.2, 0.3]
-    C.save_atomic(state, tmp_path / "ck.pth")
-    ck = C.load_training_checkpoint(tmp_path / "ck.pth")
+    TC.save_atomic(state, tmp_path / "ck.pth")
+    ck = TC.load_training_checkpoint(tmp_path / "ck.pth")
     assert ck["epoch_meter"] == {"loss_sum": 1.5, "steps": 3} and ck["dataset"]["name"] == "cifar10"
 
     enc = C.load_encoder_checkpoint(tmp_path / "ck.pth")

@@ -11,6 +11,8 @@ import torch
 
 from _engine_helpers import cifar_tar_path, make_cifar_like_folder, make_image_folder, make_tar, write_unreadable_image
 from mae_from_scratch import data as D
+from mae_from_scratch.archives import extract_archive
+from mae_from_scratch.data_error import DataError
 from mae_from_scratch.photos import PhotoCrops
 
 
@@ -33,7 +35,7 @@ def test_cifar10_folder_keeps_cifar_class_order_and_stats(tmp_path):
 
 def test_cifar10_folder_missing_a_class_is_named(tmp_path):
     root = make_image_folder(tmp_path / "c", classes=D.CIFAR10_CLASSES[:9], per_class=1)
-    with pytest.raises(D.DataError, match="truck"):
+    with pytest.raises(DataError, match="truck"):
         D.build_dataset("cifar10", "train", root)
 
 
@@ -62,25 +64,25 @@ def test_tar_path_traversal_is_refused(tmp_path):
     payload.write_text("x")
     with tarfile.open(evil, "w") as t:
         t.add(payload, arcname="../escaped.txt")
-    with pytest.raises(D.DataError, match="outside"):
-        D.extract_archive(evil, tmp_path / "cache")
+    with pytest.raises(DataError, match="outside"):
+        extract_archive(evil, tmp_path / "cache")
     assert not (tmp_path / "escaped.txt").exists()
 
 
 def test_missing_path_is_named(tmp_path):
-    with pytest.raises(D.DataError, match="not found: .*nowhere"):
+    with pytest.raises(DataError, match="not found: .*nowhere"):
         D.build_dataset("imagefolder", "train", tmp_path / "nowhere")
 
 
 def test_empty_folder_and_missing_split_are_named(tmp_path):
     (tmp_path / "empty" / "train").mkdir(parents=True)
-    with pytest.raises(D.DataError, match="no class folders"):
+    with pytest.raises(DataError, match="no class folders"):
         D.build_dataset("imagefolder", "train", tmp_path / "empty")
     (tmp_path / "noimg" / "train" / "cls").mkdir(parents=True)
-    with pytest.raises(D.DataError, match="no images in"):
+    with pytest.raises(DataError, match="no images in"):
         D.build_dataset("imagefolder", "train", tmp_path / "noimg")
     (tmp_path / "flat" / "cls").mkdir(parents=True)
-    with pytest.raises(D.DataError, match="no train folder"):
+    with pytest.raises(DataError, match="no train folder"):
         D.build_dataset("imagefolder", "train", tmp_path / "flat")
 
 
@@ -89,7 +91,7 @@ def test_unreadable_image_names_the_file(tmp_path):
     bad = write_unreadable_image(root / "train" / "a" / "broken.jpg")
     ds = D.build_dataset("imagefolder", "train", root)
     i = [p for p, _ in ds.base.samples].index(str(bad))
-    with pytest.raises(D.DataError, match="broken.jpg"):
+    with pytest.raises(DataError, match="broken.jpg"):
         ds[i]
 
 
@@ -100,7 +102,7 @@ def test_failed_download_says_which_dataset_and_what_to_do(tmp_path, monkeypatch
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(tvd, "CIFAR10", offline)
-    with pytest.raises(D.DataError) as e:
+    with pytest.raises(DataError) as e:
         D.build_dataset("cifar10", "train", None)
     msg = str(e.value)
     assert "cifar10" in msg and "internet" in msg and "--data_path" in msg
@@ -166,7 +168,6 @@ def test_shared_cifar10_archive(monkeypatch):
 
 
 def _extract_in_a_child(args):
-    from mae_from_scratch.data import extract_archive
     return str(extract_archive(*args))
 
 
@@ -185,7 +186,6 @@ def test_two_processes_extracting_one_archive_both_get_it_whole(tmp_path):
 
 
 def test_a_half_extracted_folder_is_extracted_again(tmp_path):
-    from mae_from_scratch.data import extract_archive
     root = make_image_folder(tmp_path / "src", per_class=2, size=32)
     tar = make_tar(root, tmp_path / "data.tar.gz", "top")
     dest = extract_archive(tar, tmp_path / "cache")

@@ -10,7 +10,7 @@ import torch
 
 from _engine_helpers import run_two_ranks
 from mae_from_scratch import pretrain as P
-from mae_from_scratch.checkpoint import load_training_checkpoint
+from mae_from_scratch.training_checkpoint import load_training_checkpoint
 from mae_from_scratch.metrics import read_step_log
 
 _RANK_SCRIPT = textwrap.dedent("""

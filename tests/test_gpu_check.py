@@ -146,7 +146,7 @@ def test_every_stage_runs_tiny_on_the_cpu(tmp_path):
 
     rd = st["record"]["result"]
     folder = out / rd["folder"]
-    for name in ("run.json", "log.txt", "log_steps.jsonl", "eval.json", "record.json", "mask_ratios.png",
+    for name in ("run.json", "log.txt", "log_steps.jsonl", "eval.json", "recording.json", "mask_ratios.png",
                  "attention.npz", "recon/epoch-0000.png", "recon/epoch-0002.png"):
         assert (folder / name).is_file(), name
     assert rd["epochs_run"] == rd["epochs_scheduled"] == 2 and rd["finished"] is True

@@ -37,7 +37,7 @@ from PIL import Image
 
 from _engine_helpers import make_cifar_like_folder, make_image_folder, run_two_ranks
 from mae_from_scratch import pretrain as P
-from mae_from_scratch.checkpoint import load_training_checkpoint
+from mae_from_scratch.training_checkpoint import load_training_checkpoint
 from mae_from_scratch.metrics import read_step_log
 from mae_from_scratch.model import mae_vit_micro_patch4_32
 

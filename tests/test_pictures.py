@@ -1,5 +1,8 @@
 """Reconstruction pictures: what they show, and what they must not leak."""
 
+import subprocess
+import sys
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -95,6 +98,26 @@ def test_reconstruct_plain_targets_pastes_visible_pixels(micro_config):
     # A plain-pixel model's prediction does not depend on the hidden pixels at all, whatever stats says.
     changed = _change_hidden_patches(imgs, out["mask"], p, gen)
     torch.testing.assert_close(reconstruct(model, changed, noise=noise, stats="true")["pred"], out["pred"])
+
+
+def test_pictures_takes_what_it_draws_from_snapshots():
+    """One computation of masks and reconstructions (snapshots, no matplotlib); pictures draws it."""
+    from mae_from_scratch import pictures, snapshots
+
+    assert pictures.reconstruct is snapshots.reconstruct and pictures.masked_image is snapshots.masked_image
+    assert pictures.grid_image is snapshots.grid_image
+
+
+def test_the_engine_and_the_recorded_runs_load_without_matplotlib():
+    """Training (with or without --recon_every) and reading a recorded run never import matplotlib
+    (about a second): only drawing does."""
+    code = ("import sys\n"
+            "import mae_from_scratch.pretrain, mae_from_scratch.snapshots, mae_from_scratch.recorded_runs\n"
+            "assert 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if m.startswith('matplotlib'))\n"
+            "import mae_from_scratch.pictures\n"
+            "assert 'matplotlib' in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_reconstruct_restores_training_mode(micro_config):

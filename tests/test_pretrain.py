@@ -3,6 +3,8 @@ checkpoints, exact resume (also after SIGKILL) and the non-finite-loss stop."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import signal
@@ -18,7 +20,7 @@ from PIL import Image
 
 from mae_from_scratch import pretrain as P
 from mae_from_scratch import pretrain_data as PD
-from mae_from_scratch.checkpoint import load_training_checkpoint
+from mae_from_scratch.training_checkpoint import load_training_checkpoint
 from mae_from_scratch.device_data import DeviceBatchLoader
 from mae_from_scratch.distributed import DistInfo
 from mae_from_scratch.metrics import read_epoch_log, read_step_log
@@ -26,7 +28,7 @@ from mae_from_scratch.model import mae_vit_micro_patch4_32
 from mae_from_scratch.optim import effective_lr, lr_at, param_groups_weight_decay
 from mae_from_scratch.precision import choose_precision
 from mae_from_scratch.pretrain_data import build_pretrain_data
-from mae_from_scratch.run_config import initial_config, parse_args
+from mae_from_scratch.run_config import derive_settings, initial_config, parse_args
 from mae_from_scratch.train_step import NonFiniteLossError
 
 
@@ -183,6 +185,42 @@ def test_run_writes_official_checkpoint_and_logs(reference):
     assert [r["epoch"] for r in epochs] == [0, 1] and {"train_lr", "train_loss"} <= epochs[0].keys()
     assert [s for s, _, _ in _steps(out)] == list(range(1, 17))
     assert result.log_path == out / "log.txt" and _same(result.model.state_dict(), ck["model"])
+
+
+def test_run_json_and_the_checkpoint_tell_what_was_asked_from_what_was_derived(reference):
+    out, result = reference
+    info = json.loads((out / "run.json").read_text())
+    config = info["config"]
+    assert {k: config["asked"][k] for k in ("batch_size", "epochs", "loader", "num_workers")} == {
+        "batch_size": 8, "epochs": 2, "loader": "device", "num_workers": 0}
+    assert config["preset"]["model"] == "mae_vit_micro_patch4_32" and config["preset"]["blr"] == 1e-2
+    assert config["default"]["seed"] == 0 and "lr" not in config["default"]  # --lr left out: derived
+    derived = config["derived"]
+    assert derived["lr"] == pytest.approx(1e-2 * 8 / 256) and info["args"]["lr"] == derived["lr"]
+    assert (derived["effective_batch"], derived["world_size"], derived["steps_per_epoch"]) == (8, 1, 8)
+    assert derived["dataset"] == "photos" and derived["num_images"] == 64
+    assert config["preset"]["precision"] == "fp32"  # what auto would choose here: it stays the preset's
+    # Every setting has one source, and the flat args hold exactly those settings.
+    names = [n for source in ("asked", "preset", "default", "checkpoint", "derived") for n in config[source]]
+    assert len(names) == len(set(names)) and set(names) == set(info["args"])
+    assert load_training_checkpoint(out / "checkpoint-last.pth")["config"] == config
+    # The configuration is frozen: a stage that learns more makes a new one.
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.config.lr = 1.0
+    with pytest.raises(TypeError):
+        result.config.values["lr"] = 1.0
+
+
+def test_a_derived_value_keeps_what_was_asked_beside_it(tmp_path):
+    config = initial_config(None, ["--data_path", "data", "--precision", "auto"], {})
+    derived = derive_settings(config, 1, torch.device("cpu"), "fp32")
+    assert derived.data_path == os.path.abspath("data") and derived.sources["data_path"] == "derived"
+    assert derived.asked == {"data_path": "data", "precision": "auto"}
+    record = derived.as_record()
+    assert record["asked_before_derived"] == {"data_path": "data", "precision": "auto"}
+    assert record["derived"]["precision"] == "fp32" and "precision" not in record["asked"]
+    same = derived.derive(precision="fp32")  # the same value again changes nothing
+    assert same.sources == derived.sources and same.asked == derived.asked
 
 
 @pytest.mark.slow

@@ -84,7 +84,7 @@ def test_sources_run_on_the_oldest_supported_python():
     """Nothing newer than requires-python: no newer syntax (match, except*, ...), and
     ``X | Y`` types only where they stay unevaluated strings."""
     version = _oldest_python()
-    paths = sorted([*ROOT.glob("mae_from_scratch/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("tools/*.py")])
+    paths = sorted([*ROOT.glob("mae_from_scratch/**/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("tools/*.py")])
     assert len(paths) > 20
     for path in paths:
         source = path.read_text()
@@ -105,7 +105,7 @@ REMOVED_BY_313 = {"aifc", "asynchat", "asyncore", "audioop", "cgi", "cgitb", "ch
 def _all_sources():
     """Every Python source the project runs: modules, tests, tools, benchmarks, and each
     notebook's code cells (chapters and student notebooks)."""
-    for path in sorted([*ROOT.glob("mae_from_scratch/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("tools/*.py"),
+    for path in sorted([*ROOT.glob("mae_from_scratch/**/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("tools/*.py"),
                         *ROOT.glob("benchmarks/*.py"), *ROOT.glob("book/_ext/*.py")]):
         yield path.relative_to(ROOT).as_posix(), path.read_text()
     for path in sorted([*ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("assignments/*.ipynb")]):
@@ -179,3 +179,171 @@ def test_exercises_are_marked_and_checked():
             assert after and "assert" in after[0].source, f"{path.name}: exercise cell {i} is not followed by a check"
         if not path.name.startswith("01_"):
             assert len(cells) >= 2, f"{path.name} has {len(cells)} exercise cells, expected at least 2"
+
+
+
+# ----------------------------------------------------------------------------------
+# Import cycles inside the package
+PACKAGE = "mae_from_scratch"
+
+
+def _module_name(path: Path) -> str:
+    """``mae_from_scratch/pretrain.py`` -> ``mae_from_scratch.pretrain``; a package's
+    ``__init__.py`` -> the package."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_imports(path: Path, modules: set) -> dict:
+    """The modules of ``modules`` that the module at ``path`` imports, as
+    ``{module: "module level" | "in a function"}``: module level when the import runs as the
+    module is imported (also under ``if``/``try`` and in class bodies), in a function when only
+    a call runs it.  ``if TYPE_CHECKING:`` never runs.  Names in full (``a.b``)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = {}
+
+    def add(module, where):
+        if module in modules and module != name and found.get(module) != "module level":
+            found[module] = where
+
+    def visit(node, where):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            where = "in a function"
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if isinstance(node, ast.Import):
+            for a in node.names:  # import a.b.c: the deepest of a.b.c, a.b that is ours
+                parts = a.name.split(".")
+                hits = [m for m in (".".join(parts[:k]) for k in range(len(parts), 0, -1)) if m in modules]
+                if hits:
+                    add(hits[0], where)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join(base + (node.module.split(".") if node.module else []))
+            for a in node.names:  # from target import x: the module target.x, or a name target holds
+                add(f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target, where)
+        for child in ast.iter_child_nodes(node):
+            visit(child, where)
+
+    visit(ast.parse(path.read_text(), filename=str(path)), "module level")
+    return found
+
+
+def package_imports() -> dict:
+    """``{module: {imported module: "module level" | "in a function"}}`` for every module of
+    the package and its subpackages, named without the ``mae_from_scratch.`` in front (the
+    package itself: ``__init__``).  Importing ``a.b`` imports the package ``a`` first; that
+    link is left out."""
+    paths = sorted(p for p in (ROOT / PACKAGE).rglob("*.py") if "__pycache__" not in p.parts)
+    modules = {_module_name(p) for p in paths}
+
+    def short(module):
+        return "__init__" if module == PACKAGE else module[len(PACKAGE) + 1:]
+
+    return {short(_module_name(p)): {short(m): where for m, where in _module_imports(p, modules).items()}
+            for p in paths}
+
+
+def strongly_connected(graph: dict) -> list:
+    """The groups of two or more nodes of ``graph`` (``{node: iterable of nodes}``) that all
+    reach each other: every import cycle lies inside one.  Sorted lists, sorted."""
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+                on_stack.discard(group[-1])
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(groups)
+
+
+def shortest_path(graph: dict, start, end, within) -> list:
+    """The shortest ``[start, ..., end]`` along ``graph`` through nodes of ``within``."""
+    paths, seen = [[start]], {start}
+    while paths:
+        path = paths.pop(0)
+        if path[-1] == end:
+            return path
+        for w in sorted(graph.get(path[-1], ())):
+            if w in within and w not in seen:
+                seen.add(w)
+                paths.append(path + [w])
+    raise ValueError(f"{end} is not reachable from {start}")
+
+
+def import_cycles(imports: dict) -> tuple[list, list]:
+    """``(defects, tolerated)``: one cycle per group of modules that import each other.
+
+    A defect holds at least one module-level import.  Made of module-level imports only, the
+    cycle works or fails by which module is imported first (one of them runs half-imported);
+    with an import in a function on the way back, it works only as long as that import stays
+    in its function, and the two modules still cannot be read, tested or loaded one without
+    the other (snapshots -> pictures pulled matplotlib into every training run).  A cycle
+    made only of imports in functions, which run after every module is whole, is tolerated.
+    Each cycle is written ``a -> b -> (in a function) c -> a``, a defect through its first
+    module-level link."""
+    every = {m: set(i) for m, i in imports.items()}
+    defects, tolerated = [], []
+    for group in strongly_connected(every):
+        links = [(a, b) for a in group for b in sorted(imports[a]) if b in group]
+        top = [(a, b) for a, b in links if imports[a][b] == "module level"]
+        a, b = (top or links)[0]
+        cycle = [a] + shortest_path(every, b, a, set(group))
+        text = cycle[0] + "".join(f" -> {'(in a function) ' * (imports[x][y] != 'module level')}{y}"
+                                  for x, y in zip(cycle, cycle[1:]))
+        (defects if top else tolerated).append(text)
+    return defects, tolerated
+
+
+def test_import_cycles_are_found():
+    """The search itself, on made-up modules: a module-level cycle of three, a pair of which one
+    side imports in a function (a defect still), two imports in functions (tolerated), a chain."""
+    top, fn = "module level", "in a function"
+    assert import_cycles({"a": {"b": top}, "b": {"c": top}, "c": {"a": top}, "d": {"a": top}}) == (
+        ["a -> b -> c -> a"], [])
+    assert import_cycles({"pictures": {"snapshots": fn}, "snapshots": {"pictures": top}}) == (
+        ["snapshots -> pictures -> (in a function) snapshots"], [])
+    assert import_cycles({"x": {"y": fn}, "y": {"x": fn}}) == ([], ["x -> (in a function) y -> (in a function) x"])
+    assert import_cycles({"a": {"b": top}, "b": {"c": top}, "c": {}}) == ([], [])
+
+
+def test_the_package_has_no_import_cycles():
+    """No two modules of the package import each other, directly or around a loop, where any
+    link of the loop is a module-level import (see :func:`import_cycles`).  Cycles of imports
+    in functions only are tolerated (none at the time of writing)."""
+    imports = package_imports()
+    assert len(imports) > 20 and imports["pretrain"]
+    defects, _tolerated = import_cycles(imports)
+    assert not defects, "import cycles among the package's modules: " + "; ".join(defects)
+
+
+# Modules over this many lines hold more than one idea, unless named here with the reason.
+MODULE_LINES = 450
+ONE_IDEA = {
+    "model.py": "the model itself: MaskedAutoencoderViT's encoder, decoder and loss, as the official "
+                "models_mae.py keeps them in one file, plus its named sizes",
+}
+
+
+def test_no_module_holds_more_than_one_idea():
+    long = {p.relative_to(ROOT / PACKAGE).as_posix(): len(p.read_text().splitlines())
+            for p in (ROOT / PACKAGE).rglob("*.py") if "__pycache__" not in p.parts}
+    over = {name: n for name, n in long.items() if n > MODULE_LINES and name not in ONE_IDEA}
+    assert not over, f"modules over {MODULE_LINES} lines: {over}; split them by idea, or name the reason in ONE_IDEA"

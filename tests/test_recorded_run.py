@@ -10,23 +10,27 @@ leaves room for those and for nothing else.  (A bf16 or GPU record would need a 
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
 
 from _engine_helpers import cifar_tar_path
-from mae_from_scratch.recorded_runs import CPU_RUN, RECORDED, load_recorded_run
-from mae_from_scratch.run_record import file_sha256
+from mae_from_scratch.recorded_runs import CPU_RUN, RECORDED, RECORDING, load_recorded_run
+from mae_from_scratch.run_info import RUN_INFO, file_sha256
 
+ROOT = Path(__file__).resolve().parents[1]
 FOLDER = RECORDED / CPU_RUN
 REPLAY_STEPS = 5
 REPLAY_RTOL = 1e-4
+CIFAR10_TEST_IMAGES, CIFAR10_TRAIN_IMAGES, CIFAR10_CLASSES = 10_000, 50_000, 10
 
 
-def test_record_names_what_produced_it():
+def test_run_json_names_what_produced_it():
     rec = load_recorded_run(CPU_RUN)
-    run = rec.run
+    run = rec.run_info
     hw = run["hardware"]
     assert hw["cpu"] and hw["cpu_cores"] >= 1 and hw["torch"]
     assert run["git_commit"] and len(run["git_commit"].split("+")[0]) == 40
@@ -37,21 +41,116 @@ def test_record_names_what_produced_it():
     assert run["epochs_run"] == run["epochs_scheduled"]  # the schedule was not cut short
     assert run["wall_s"] > 0 and run["cpu_s"] > 0 and run["images_per_s"] > 0
     assert len(rec.epoch_log) == run["epochs_run"]
-    assert "JPEG re-encoding" in rec.record["data_note"]
+    assert "JPEG re-encoding" in rec.recording["data_note"]
     # The pictures: before training, during, and after the last epoch.
     epochs = [e for e, _ in rec.snapshots()]
     assert epochs[0] == 0 and epochs[-1] == run["epochs_run"] and len(epochs) >= 4
 
 
-def test_evaluation_is_complete():
-    ev = load_recorded_run(CPU_RUN).eval
+def _record_run_script():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import record_run
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    return record_run
+
+
+def _strings(obj):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+
+
+ABSOLUTE_PATH = re.compile(r"(?:^|[\s='\"(])(?:/|~/|[A-Za-z]:[\\/])[\w.-]")
+
+
+def test_the_check_for_absolute_paths():
+    for text in ("/work/main/notebooks", "--out=/home/me/x", "see C:\\Users\\me", "~/data/x.tar.gz"):
+        assert ABSOLUTE_PATH.search(text), text
+    for text in ("../shared/data/cifar10-jpeg.tar.gz", "airplane/0429.jpg", "74-107 images/s", ".cache/run"):
+        assert not ABSOLUTE_PATH.search(text), text
+
+
+def test_recording_json_is_what_the_script_accepts_and_names_no_machine_path():
+    """``recording.json``'s ``argv`` parses with today's ``tools/record_run.py`` and describes
+    the run that ``run.json`` describes; neither file names an absolute path of the machine
+    that made them; the edit of the arguments after the run is explained in its note."""
+    rec = load_recorded_run(CPU_RUN)
+    run, recording = rec.run_info, rec.recording
+    assert (FOLDER / RECORDING).is_file() and (FOLDER / RUN_INFO).is_file()
+    for name, obj in ((RECORDING, recording), (RUN_INFO, run)):
+        bad = [t for t in _strings(obj) if ABSOLUTE_PATH.search(t)]
+        assert not bad, f"{name} names absolute paths: {bad}"
+    script = _record_run_script()
+    a = script.parse_args(recording["argv"])  # SystemExit if the script refuses it
+    assert a.out == FOLDER.relative_to(ROOT).as_posix()
+    assert a.preset == run["preset"] and a.dataset == run["data"]["dataset"]
+    assert a.data_path == run["data"]["data_path"] == run["args"]["data_path"]
+    assert a.epochs == run["epochs_scheduled"] and a.budget_min is None  # --epochs: no probe
+    assert "probe" not in recording
+    # The engine ran the command that the script logged.
+    assert shlex.split(run["command"])[3:] == recording["pretrain_argv"]
+    # The arguments as given then are kept, labelled; the script now refuses them (both
+    # --budget_min and --epochs), and the note says why "argv" differs from them.
+    assert "--budget_min" in recording["argv_as_run"]
+    with pytest.raises(SystemExit):
+        script.parse_args(recording["argv_as_run"])
+    assert '"argv_as_run"' in recording["note"] and "--budget_min" in recording["note"]
+
+
+def test_evaluation_is_complete_and_consistent():
+    """eval.json holds every entry chapters 8 and 9 read, on CIFAR-10's whole test split, with
+    the protocol the script fixed, and numbers that agree with each other and with what the
+    recording logged: a trained encoder above a random one, which is above chance, and the
+    orderings chapter 9's text states in words."""
+    rec = load_recorded_run(CPU_RUN)
+    ev, run = rec.eval, rec.run_info
+    entries = {f"{enc}_{pool}" for enc in ("trained", "random") for pool in ("cls", "mean")}
+    assert set(ev) == {"protocol", "raw_pixels", "trained_seconds", "random_seconds"} | entries
+    for name in entries:
+        assert set(ev[name]) == {"knn", "linear_probe"}, name
+    assert set(ev["raw_pixels"]) == {"knn"}
+    accuracies = [ev[e][m] for e in entries for m in ("knn", "linear_probe")] + [ev["raw_pixels"]["knn"]]
+    for acc in accuracies:  # a share of the 10,000 test images, rounded to 4 places: exact
+        assert 0.0 < acc < 1.0 and abs(acc * CIFAR10_TEST_IMAGES - round(acc * CIFAR10_TEST_IMAGES)) < 1e-6
+
+    # The protocol: CIFAR-10's whole splits, the script's fixed settings, nothing tuned.
+    protocol = ev["protocol"]
+    assert protocol["test_images"] == CIFAR10_TEST_IMAGES and protocol["num_classes"] == CIFAR10_CLASSES
+    assert protocol["train_images"] == CIFAR10_TRAIN_IMAGES == run["data"]["train_images"]
+    script = _record_run_script()
+    assert protocol["knn"] == script.KNN
+    assert {k: protocol["linear_probe"][k] for k in script.PROBE} == script.PROBE
+    assert protocol["tuning"].startswith("none")
+    assert protocol["random_encoder"] == f"{run['args']['model']} initialized with seed {run['seed']}, untrained"
+    assert ev["trained_seconds"] > 0 and ev["random_seconds"] > 0
+
+    # The numbers against each other.
+    chance = 1 / CIFAR10_CLASSES
+    for pool in ("cls", "mean"):
+        trained, random = ev[f"trained_{pool}"], ev[f"random_{pool}"]
+        for metric in ("knn", "linear_probe"):
+            assert random[metric] > chance + 0.15, (pool, metric)  # an untrained ViT is far above chance
+            assert trained[metric] > random[metric] + 0.05, (pool, metric)
+    best = {enc: max(ev[f"{enc}_{pool}"]["knn"] for pool in ("cls", "mean")) for enc in ("trained", "random")}
+    # Chapter 9: "The untrained encoder is worse than the pixels it is given ... Pretraining
+    # turns the same architecture into features that beat the pixels".
+    assert best["random"] < ev["raw_pixels"]["knn"] < best["trained"]
+
+    # The same numbers as the recording logged while it evaluated.
+    messages = "\n".join(rec.recording["messages"])
     for enc in ("trained", "random"):
         for pool in ("cls", "mean"):
-            for metric in ("knn", "linear_probe"):
-                assert 0.0 <= ev[f"{enc}_{pool}"][metric] <= 1.0
-    assert 0.0 <= ev["raw_pixels"]["knn"] <= 1.0
-    assert ev["protocol"]["test_images"] == 10_000 and ev["protocol"]["train_images"] == 50_000
-    assert ev["protocol"]["tuning"].startswith("none")
+            r = ev[f"{enc}_{pool}"]
+            assert f"{enc} encoder, {pool}: kNN {r['knn']:.2%}, linear probe {r['linear_probe']:.2%}" in messages
+    assert f"raw pixels: kNN {ev['raw_pixels']['knn']:.2%}" in messages
 
 
 def test_only_small_files_and_no_checkpoints():
@@ -68,11 +167,12 @@ def test_replay_reproduces_the_first_logged_losses(tmp_path):
     tar = cifar_tar_path()
     if not tar.is_file():
         pytest.skip(f"the CIFAR-10 archive the run was recorded on is not here ({tar})")
-    assert file_sha256(tar) == rec.run["data"]["sha256"], "a different CIFAR-10 archive than the recorded one"
-    from mae_from_scratch.pretrain import _parse, pretrain
+    assert file_sha256(tar) == rec.run_info["data"]["sha256"], "a different CIFAR-10 archive than the recorded one"
+    from mae_from_scratch.pretrain import pretrain
+    from mae_from_scratch.run_config import parse_args
 
-    argv = shlex.split(rec.run["command"])[3:]
-    args = _parse(argv)  # the preset's values under the flags, as the run saw them
+    argv = shlex.split(rec.run_info["command"])[3:]
+    args = parse_args(argv)  # the preset's values under the flags, as the run saw them
     assert args.precision == "fp32" and args.device == "cpu"
     out = tmp_path / "replay"
     pretrain(argv=argv + ["--data_path", str(tar), "--output_dir", str(out), "--max_steps", str(REPLAY_STEPS),

@@ -21,7 +21,7 @@ from mae_from_scratch import pretrain as P
 from mae_from_scratch import pretrain_data as PD
 from mae_from_scratch import run_info
 from mae_from_scratch.run_config import initial_config, parse_args
-from mae_from_scratch.checkpoint import load_training_checkpoint, save_atomic, training_checkpoint
+from mae_from_scratch.training_checkpoint import load_training_checkpoint, save_atomic, training_checkpoint
 from mae_from_scratch.engine import EpochMeter
 from mae_from_scratch.metrics import read_epoch_log, read_step_log
 from mae_from_scratch.model import create_model

@@ -88,6 +88,44 @@ def test_with_nothing_removed_both_encoders_make_the_same_prediction(micro_confi
     torch.testing.assert_close(latent_t[:, 0], latent[:, 0], atol=1e-5, rtol=1e-4)  # the same cls token
 
 
+def test_mask_token_mode_feeds_the_encoder_the_mask_token_plus_the_position(micro_config):
+    # The values the first block reads, built by hand: the cls token and its position, then every patch in
+    # patch order, a kept one as its embedding plus its position, a removed one as the encoder's mask token
+    # (the zero vector: forward_encoder_with_mask_tokens) plus its position.  Shapes alone let a token without
+    # its position, or with another patch's, through.
+    model = MaskedAutoencoderViT(**micro_config).eval()
+    imgs, noise = _batch(model)
+    seen = []
+    hook = model.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            _, mask, _ = model.forward_encoder(imgs, 0.75, noise, encoder_mask_tokens=True)
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        pos = model.pos_embed[0]  # (1 + L, D), row 0 the cls token's
+        kept = model.patch_embed(imgs) + pos[1:]
+        encoder_mask_token = torch.zeros(model.config.embed_dim)
+        patches = torch.where(mask.bool().unsqueeze(-1), encoder_mask_token + pos[1:], kept)
+        cls = (model.cls_token[0] + pos[:1]).expand(len(imgs), 1, -1)
+    assert mask.sum().item() == 2 * 48  # 3 in 4 of the 64 patches of each image removed
+    torch.testing.assert_close(seen, [torch.cat([cls, patches], dim=1)])
+
+
+def test_mask_token_mode_tells_removed_patches_apart_by_their_position(micro_config):
+    # A removed patch's token is all position: giving it another removed patch's position changes what the
+    # encoder makes of the image (through attention, the cls token too); zeros without the position would not.
+    # (Another patch's row, not a constant added to the row: every LayerNorm takes a constant shift out.)
+    model = MaskedAutoencoderViT(**micro_config).eval()
+    imgs, noise = _batch(model, n=1)
+    with torch.no_grad():
+        latent, mask, _ = model.forward_encoder(imgs, 0.75, noise, encoder_mask_tokens=True)
+        a, b = mask[0].nonzero().flatten()[:2].tolist()
+        model.pos_embed[0, 1 + a] = model.pos_embed[0, 1 + b]
+        moved, _, _ = model.forward_encoder(imgs, 0.75, noise, encoder_mask_tokens=True)
+    assert not torch.allclose(moved[0, 0], latent[0, 0], atol=1e-3)  # the cls token
+    assert not torch.allclose(moved[0, 1 + a], latent[0, 1 + a], atol=1e-3)
+
 def test_mask_token_mode_costs_what_the_flop_counter_says(micro_config):
     model = MaskedAutoencoderViT(**micro_config)
     imgs, noise = _batch(model, n=3)

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from mae_from_scratch import timing
+from mae_from_scratch import hf_compare, timing
 from mae_from_scratch.engine import compile_model
 from mae_from_scratch.flops import encoder_decoder_flops
 from mae_from_scratch.model import MaskedAutoencoderViT
@@ -99,13 +99,13 @@ def test_hf_model_names_the_missing_package(monkeypatch, micro_config):
 
     monkeypatch.setattr(builtins, "__import__", no_transformers)
     with pytest.raises(ImportError, match="pip install transformers"):
-        timing.hf_model(MaskedAutoencoderViT(**micro_config).config)
+        hf_compare.hf_model(MaskedAutoencoderViT(**micro_config).config)
 
 
 @pytest.mark.slow
 def test_compare_with_hf_times_both(micro_config):
     pytest.importorskip("transformers")
-    r = timing.compare_with_hf(MaskedAutoencoderViT(**micro_config), 4, "cpu", steps=2, warmup=1)
+    r = hf_compare.compare_with_hf(MaskedAutoencoderViT(**micro_config), 4, "cpu", steps=2, warmup=1)
     assert set(r["ours"]) == STEP_KEYS and set(r["hf"]) == STEP_KEYS
     assert r["ours"]["flops_per_step"] == r["hf"]["flops_per_step"]
     assert r["speed_ratio"] == pytest.approx(r["hf"]["ms_per_step"] / r["ours"]["ms_per_step"])

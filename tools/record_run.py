@@ -1,14 +1,22 @@
 """Record a pretraining run for the book: train, evaluate, and keep the small artifacts.
 
     nice -n 19 python tools/record_run.py --data_path ../shared/data/cifar10-jpeg.tar.gz \\
-        --preset cpu_cifar10 --budget_min 55 --out notebooks/recorded/cifar10-cpu-vit-micro
+        --preset cpu_cifar10 --budget_min 55 --out mae_from_scratch/recorded/cifar10-cpu-vit-micro
+
+The book reads its recorded runs from ``mae_from_scratch/recorded/NAME/``
+(:mod:`mae_from_scratch.recorded_runs`).  The script works from the repository
+root: the paths it is given (from any folder) are turned into paths relative to
+the root, and those are the ones it passes to the engine and writes down, so that
+a recorded run names no folder of the machine that made it (the data archive is
+identified by its sha256); ``tests/test_recorded_run.py`` checks that neither
+``recording.json`` nor ``run.json`` holds an absolute path.
 
 1. A short throughput probe on the training device sets ``--epochs`` so that the
    whole schedule (warmup and the full half-cosine) fits in ``--budget_min`` minutes
    at the probed speed.  A schedule is never cut short.
 2. The package's engine trains (``pretrain``), with reconstruction pictures of
    fixed held-out test images every ``--recon_every`` epochs.  Its checkpoints
-   and full logs stay in ``--work``; they are not part of the record.
+   and full logs stay in ``--work``; they are not part of the recorded run.
 3. The trained encoder and a randomly initialized one of the same shape are
    evaluated on frozen features (kNN and linear probe, cls token and mean of the
    patch tokens), beside a raw-pixel kNN.  Every setting is fixed beforehand (the
@@ -18,12 +26,12 @@
    and their reconstructions at mask ratios from 50% to 90%, are saved.
 
 Artifacts are copied into ``--out`` as soon as each exists, so a run stopped
-midway still leaves its record: ``run.json`` (the engine's record of hardware,
-commit, command, data, times), ``log.txt`` (per epoch), ``log_steps.jsonl``
-(every step of the first 100, then every 10th), ``recon/epoch-NNNN.png``,
-``mask_ratios.png``, ``attention.npz``, ``eval.json`` and ``record.json``
-(what this script did and how long each part took).  No checkpoint is copied;
-every file stays under 1 MB.
+midway still leaves what it did: ``run.json`` (what the engine writes for every
+run: hardware, commit, command, data, times), ``log.txt`` (per epoch),
+``log_steps.jsonl`` (every step of the first 100, then every 10th),
+``recon/epoch-NNNN.png``, ``mask_ratios.png``, ``attention.npz``, ``eval.json``
+and ``recording.json`` (what this script did: its arguments, its probe, how long
+each part took).  No checkpoint is copied; every file stays under 1 MB.
 """
 
 from __future__ import annotations
@@ -46,11 +54,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mae_from_scratch import data as D  # noqa: E402
-from mae_from_scratch.evaluate import encoder_attention, knn_accuracy, linear_probe  # noqa: E402
+from mae_from_scratch.features import POOLS, encoder_attention, extract_features  # noqa: E402
+from mae_from_scratch.knn import knn_accuracy  # noqa: E402
+from mae_from_scratch.linear_probe import linear_probe  # noqa: E402
 from mae_from_scratch.metrics import read_jsonl  # noqa: E402
 from mae_from_scratch.model import create_model  # noqa: E402
-from mae_from_scratch.pretrain import _parse, pretrain  # noqa: E402
-from mae_from_scratch.run_record import cpu_seconds, file_sha256, hardware  # noqa: E402
+from mae_from_scratch.pretrain import pretrain  # noqa: E402
+from mae_from_scratch.recorded_runs import RECORDING  # noqa: E402
+from mae_from_scratch.run_config import parse_args as parse_pretrain_args  # noqa: E402
+from mae_from_scratch.run_info import RUN_INFO, cpu_seconds, file_sha256, hardware, write_json  # noqa: E402
 from mae_from_scratch.snapshots import heldout_images, mask_ratio_rows, save_grid  # noqa: E402
 from mae_from_scratch.timing import train_step_images_per_s  # noqa: E402
 
@@ -60,15 +72,20 @@ PROBE = dict(epochs=90, blr=0.1, weight_decay=0.0)
 STEP_LOG_DENSE = 100  # every step of the first 100 is kept, then every 10th
 
 
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+def repo_relative(path) -> str:
+    """``path`` (relative to the current folder, or absolute) relative to the repository root,
+    e.g. ``../shared/data/cifar10-jpeg.tar.gz`` for the shared data beside the checkout.
+    Symbolic links are kept, not followed.  Where no relative path exists (another drive on
+    Windows), the absolute one."""
+    try:
+        return Path(os.path.relpath(os.path.abspath(os.path.expanduser(str(path))), ROOT)).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def copy_run_files(work: Path, out: Path) -> None:
-    """The small files of the run folder, into the record folder (the step log thinned)."""
-    for name in ("run.json", "log.txt"):
+    """The small files of the run folder, into the recorded run's folder (the step log thinned)."""
+    for name in (RUN_INFO, "log.txt"):
         if (work / name).is_file():
             shutil.copyfile(work / name, out / name)
     steps = work / "log_steps.jsonl"
@@ -88,17 +105,13 @@ def decode(ds, num_workers: int):
     return torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys])
 
 
-@torch.no_grad()
-def features(model, images, device):
-    """cls-token and mean-of-patch-token features of ``images``, from one pass of the encoder
-    (``evaluate.extract_features`` gives one pooling per pass)."""
-    model.eval()
-    cls, mean = [], []
-    for x in images.split(512):
-        t = model.forward_features(x.to(device), pool="none")
-        cls.append(t[:, 0].float().cpu())
-        mean.append(t[:, 1:].mean(dim=1).float().cpu())
-    return {"cls": torch.cat(cls), "mean": torch.cat(mean)}
+def features(model, images, labels, device) -> dict:
+    """``{pool: features}`` of ``images`` for the cls token and the mean of the patch tokens,
+    by :func:`~mae_from_scratch.features.extract_features` (fp32, batches of 512).  It gives
+    one pooling per pass, so the encoder runs twice over the images: one forward pass more
+    than the two poolings need."""
+    batches = list(zip(images.split(512), labels.split(512)))
+    return {pool: extract_features(model, batches, pool=pool, device=device)[0] for pool in POOLS}
 
 
 def evaluate_encoders(trained, args, device, out: Path, log) -> dict:
@@ -126,8 +139,8 @@ def evaluate_encoders(trained, args, device, out: Path, log) -> dict:
     write_json(out / "eval.json", result)
     for name, model in (("trained", trained), ("random", random)):
         t0 = time.perf_counter()
-        ftr, fte = features(model, xtr, device), features(model, xte, device)
-        for pool in ("cls", "mean"):
+        ftr, fte = features(model, xtr, ytr, device), features(model, xte, yte, device)
+        for pool in POOLS:
             knn = knn_accuracy(ftr[pool], ytr, fte[pool], yte, num_classes=num_classes, **KNN)
             probe = linear_probe(ftr[pool], ytr, fte[pool], yte, num_classes, seed=args.seed, device=device, **PROBE)
             result[f"{name}_{pool}"] = {"knn": round(knn, 4), "linear_probe": round(probe, 4)}
@@ -142,7 +155,7 @@ def evaluate_encoders(trained, args, device, out: Path, log) -> dict:
     return result
 
 
-def main(argv=None) -> int:
+def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="cpu_cifar10")
     p.add_argument("--data_path", required=True, help="the CIFAR-10 ImageFolder archive (or a torchvision root)")
@@ -151,7 +164,8 @@ def main(argv=None) -> int:
                    help="minutes the whole schedule may take at the probed speed (or give --epochs)")
     p.add_argument("--efficiency", type=float, default=0.9,
                    help="share of the probed model speed the full run is expected to reach")
-    p.add_argument("--out", required=True, help="the record folder the chapter reads")
+    p.add_argument("--out", required=True,
+                   help="the recorded run's folder, e.g. mae_from_scratch/recorded/NAME (the chapters read it)")
     p.add_argument("--work", default=".cache/recorded-run", help="run folder (checkpoints, full logs)")
     p.add_argument("--device", default=None)
     p.add_argument("--recon_every", type=int, default=None)
@@ -160,27 +174,63 @@ def main(argv=None) -> int:
     p.add_argument("--eval_max", type=int, default=None, help="tiny dry runs only: evaluate on this many images")
     p.add_argument("--compile", default="preset", choices=("preset", "on", "off"),
                    help="torch.compile the model during pretraining: the preset's choice, or on/off")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The script's arguments, checked (exactly one of ``--budget_min`` and ``--epochs``)."""
+    p = get_parser()
     a = p.parse_args(argv)
     if (a.budget_min is None) == (a.epochs is None):
         p.error("give one of --budget_min (the probe sets --epochs) and --epochs")
+    return a
 
+
+def as_argv(a: argparse.Namespace) -> list[str]:
+    """The flags that give ``a``, in the parser's order: ``--preset``, the required ones, and
+    the others not at their default.  ``recording.json`` keeps them as ``argv``, with paths
+    relative to the repository root."""
+    argv = []
+    for action in get_parser()._actions:
+        value = getattr(a, action.dest, None)
+        if action.option_strings and action.dest != "help" and value is not None and (
+                value != action.default or action.required or action.dest == "preset"):
+            argv += [action.option_strings[0], str(value)]
+    return argv
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    # Every path from here on is relative to the repository root, and the script works there.
+    for name in ("data_path", "out", "work"):
+        setattr(a, name, repo_relative(getattr(a, name)))
+    assert parse_args(as_argv(a)) == a
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        return record_run(a)
+    finally:
+        os.chdir(cwd)
+
+
+def record_run(a: argparse.Namespace) -> int:
+    """Probe, train, draw, evaluate: the numbered steps above, from the repository root."""
     out, work = Path(a.out), Path(a.work)
     out.mkdir(parents=True, exist_ok=True)
     t_all, cpu_all = time.perf_counter(), cpu_seconds()
-    record = {"script": "tools/record_run.py", "argv": sys.argv[1:] if argv is None else list(argv),
-              "niceness": os.nice(0), "parts": {}}
+    recording = {"script": "tools/record_run.py", "argv": as_argv(a), "niceness": os.nice(0), "parts": {}}
     lines = []
 
     def log(msg: str) -> None:
         print(msg, flush=True)
         lines.append(msg)
-        record["messages"] = lines
-        write_json(out / "record.json", record)
+        recording["messages"] = lines
+        write_json(out / RECORDING, recording)
 
     overrides = {k: v for k, v in dict(data_path=a.data_path, dataset=a.dataset, device=a.device,
                                        recon_every=a.recon_every, max_images=a.max_images).items()
                  if v is not None}
-    args = _parse(["--preset", a.preset], **overrides)
+    args = parse_pretrain_args(["--preset", a.preset], **overrides)
     device = torch.device(args.device)
     n_train = a.max_images or len(D.build_dataset(args.dataset, "train", args.data_path))
 
@@ -191,10 +241,10 @@ def main(argv=None) -> int:
                                         args.precision, steps=8, warmup=3, compile=False)
         ips = probe["images_per_s"] * a.efficiency
         epochs = max(2, math.floor(a.budget_min * 60 * ips / n_train))
-        record["probe"] = {"model_images_per_s": round(probe["images_per_s"], 1), "efficiency": a.efficiency,
-                           "planned_images_per_s": round(ips, 1), "train_images": n_train,
-                           "budget_min": a.budget_min, "epochs": epochs,
-                           "seconds": round(time.perf_counter() - t0, 1)}
+        recording["probe"] = {"model_images_per_s": round(probe["images_per_s"], 1), "efficiency": a.efficiency,
+                              "planned_images_per_s": round(ips, 1), "train_images": n_train,
+                              "budget_min": a.budget_min, "epochs": epochs,
+                              "seconds": round(time.perf_counter() - t0, 1)}
         log(f"probe: {probe['images_per_s']:.0f} img/s for the model alone; {epochs} epochs of {n_train} images "
             f"fit {a.budget_min} min at {ips:.0f} img/s")
     else:
@@ -209,10 +259,10 @@ def main(argv=None) -> int:
         command += ["--max_images", str(a.max_images)]
     if a.compile != "preset":
         command.append("--compile" if a.compile == "on" else "--no_compile")
-    record["pretrain_argv"] = command
+    recording["pretrain_argv"] = command
     log("pretrain: python -m mae_from_scratch.pretrain " + " ".join(command))
 
-    # 2. Pretraining; the record folder is refreshed at every epoch end (a background copy).
+    # 2. Pretraining; the recorded run's folder is refreshed every 30 s (a background copy).
     t0 = time.perf_counter()
     stop = threading.Event()
 
@@ -226,14 +276,14 @@ def main(argv=None) -> int:
     th = threading.Thread(target=refresh, daemon=True)
     th.start()
     try:
-        result = pretrain(argv=command)  # run.json records the command as these flags
+        result = pretrain(argv=command)  # run.json keeps the command as these flags
     finally:
         stop.set()
         th.join()
         copy_run_files(work, out)
-    record["parts"]["pretrain_s"] = round(time.perf_counter() - t0, 1)
-    log(f"pretraining done in {record['parts']['pretrain_s']:.0f} s")
-    run_args = _parse(command)
+    recording["parts"]["pretrain_s"] = round(time.perf_counter() - t0, 1)
+    log(f"pretraining done in {recording['parts']['pretrain_s']:.0f} s")
+    run_args = parse_pretrain_args(command)
     run_args.input_size = result.model.img_size
     info = D.dataset_info(run_args.dataset)
     run_args.mean, run_args.std = list(info.mean), list(info.std)
@@ -250,22 +300,22 @@ def main(argv=None) -> int:
     np.savez_compressed(out / "attention.npz", cls_to_patches=att[:, :, :, 0, 1:].numpy().astype(np.float16),
                         last_block=att[:, -1].numpy().astype(np.float16), labels=np.array(labels),
                         names=np.array(names), mask_ratios=np.array(MASK_RATIOS))
-    record["parts"]["pictures_s"] = round(time.perf_counter() - t0, 1)
-    record["heldout_images"] = names
+    recording["parts"]["pictures_s"] = round(time.perf_counter() - t0, 1)
+    recording["heldout_images"] = names
     log("saved mask_ratios.png and attention.npz")
 
     # 4. Frozen-feature evaluation.
     t0 = time.perf_counter()
     evaluate_encoders(model, run_args, device, out, log)
-    record["parts"]["evaluation_s"] = round(time.perf_counter() - t0, 1)
-    record["wall_s"] = round(time.perf_counter() - t_all, 1)
-    record["cpu_s"] = round(cpu_seconds() - cpu_all, 1)
-    record["hardware"] = hardware(device)
+    recording["parts"]["evaluation_s"] = round(time.perf_counter() - t0, 1)
+    recording["wall_s"] = round(time.perf_counter() - t_all, 1)
+    recording["cpu_s"] = round(cpu_seconds() - cpu_all, 1)
+    recording["hardware"] = hardware(device)
     if Path(str(args.data_path)).is_file():
-        record["data_sha256"] = file_sha256(args.data_path)
-    record["data_note"] = ("a JPEG re-encoding of CIFAR-10 (Krizhevsky, 2009): close to, not identical with, "
-                           "the original images")
-    log(f"all done in {record['wall_s']:.0f} s wall, {record['cpu_s']:.0f} s CPU")
+        recording["data_sha256"] = file_sha256(args.data_path)
+    recording["data_note"] = ("a JPEG re-encoding of CIFAR-10 (Krizhevsky, 2009): close to, not identical with, "
+                              "the original images")
+    log(f"all done in {recording['wall_s']:.0f} s wall, {recording['cpu_s']:.0f} s CPU")
     copy_run_files(work, out)
     return 0
 

@@ -1,11 +1,15 @@
 """``run.json``: what produced a run, written next to its logs as the run goes.
 
-A number or a picture from a training run means little without its record: the
-hardware and software it ran on, the code (git commit), the exact command and
-flags, the data, and how long it took.  :class:`RunRecord` writes that record
-into the output folder when the run starts and rewrites it (atomically) at every
-epoch end, so a run that is killed still leaves an honest record of how far it
-got.  A resumed run adds a segment instead of starting a new record.
+A number or a picture from a training run means little without knowing what made
+it: the hardware and software it ran on, the code (git commit), the exact command
+and flags, the data, and how long it took.  :class:`RunInfo` writes that into
+``run.json`` in the output folder when the run starts and rewrites it (atomically)
+at every epoch end, so a run that is killed still leaves an honest account of how
+far it got.  A resumed run adds a segment to the same ``run.json``.
+
+Not to be confused with ``recording.json``, which ``tools/record_run.py`` writes
+beside a copy of ``run.json`` when it records a run for the book (see
+:mod:`~mae_from_scratch.recorded_runs`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ try:
 except ImportError:  # not on Windows: cpu_seconds falls back to os.times
     resource = None
 
-RUN_RECORD = "run.json"
+RUN_INFO = "run.json"
 
 
 def cpu_model() -> str:
@@ -120,22 +124,25 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-class RunRecord:
-    """``OUTPUT_DIR/run.json``, kept up to date while the run goes.
+class RunInfo:
+    """``OUTPUT_DIR/run.json``, kept up to date while the run goes; :attr:`info` holds it.
 
     ``segments`` holds one entry per process that trained in the folder (the first
     run and each resume), each with its own wall and CPU time; the totals sum them.
     """
 
     def __init__(self, folder: Path | str | None, enabled: bool = True):
-        self.path = Path(folder) / RUN_RECORD if folder else None
+        self.path = Path(folder) / RUN_INFO if folder else None
         self.enabled = enabled and self.path is not None
-        self.record: dict = {}
+        self.info: dict = {}
         self._t0 = time.perf_counter()
         self._cpu0 = cpu_seconds()
 
     def start(self, *, args: dict, device, data: dict, epochs_scheduled: int, resumed: bool,
-              command: str | None = None, note: str | None = None) -> None:
+              command: str | None = None, note: str | None = None, config: dict | None = None) -> None:
+        """``args``: every setting of the run, flat; ``config``: the same settings grouped by
+        where each came from (asked, preset, default, checkpoint, derived), see
+        :meth:`~mae_from_scratch.run_config.RunConfig.as_record`."""
         if not self.enabled:
             return
         old = {}
@@ -144,7 +151,7 @@ class RunRecord:
                 old = json.loads(self.path.read_text())
             except (OSError, ValueError):
                 old = {}
-        self.record = {
+        self.info = {
             "started": old.get("started", _now()),
             "hardware": hardware(device),
             "git_commit": git_commit(),
@@ -152,29 +159,30 @@ class RunRecord:
             "preset": args.get("preset"),
             "seed": args.get("seed"),
             "args": args,
+            **({"config": config} if config is not None else {}),
             "data": data,
             "epochs_scheduled": epochs_scheduled,
             "epochs_run": old.get("epochs_run", 0),
             "segments": old.get("segments", []),
         }
         if note:
-            self.record["note"] = note
-        self.record["segments"].append({"started": _now(), "wall_s": 0.0, "cpu_s": 0.0, "images": 0,
-                                        "git_commit": self.record["git_commit"],
-                                        "hardware": self.record["hardware"]["summary"]})
+            self.info["note"] = note
+        self.info["segments"].append({"started": _now(), "wall_s": 0.0, "cpu_s": 0.0, "images": 0,
+                                        "git_commit": self.info["git_commit"],
+                                        "hardware": self.info["hardware"]["summary"]})
         self._write()
 
     def update(self, *, epochs_run: int, images: int, finished: bool = False, **extra) -> None:
         """Called at each epoch end (and at the end): times, images seen, epochs run."""
-        if not self.enabled or not self.record:
+        if not self.enabled or not self.info:
             return
-        seg = self.record["segments"][-1]
+        seg = self.info["segments"][-1]
         seg["wall_s"] = round(time.perf_counter() - self._t0, 1)
         seg["cpu_s"] = round(cpu_seconds() - self._cpu0, 1)
         seg["images"] = images
-        segs = self.record["segments"]
+        segs = self.info["segments"]
         wall = sum(s["wall_s"] for s in segs)
-        self.record.update(
+        self.info.update(
             epochs_run=epochs_run,
             wall_s=round(wall, 1),
             cpu_s=round(sum(s["cpu_s"] for s in segs), 1),
@@ -186,4 +194,4 @@ class RunRecord:
         self._write()
 
     def _write(self) -> None:
-        write_json(self.path, self.record)
+        write_json(self.path, self.info)

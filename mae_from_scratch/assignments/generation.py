@@ -1,0 +1,85 @@
+"""Student notebooks from the chapters: solutions replaced by stubs, hidden tests removed,
+outputs cleared except those nbval compares, an "Open in Colab" badge, and the setup cell's
+install pinned to the ref set under ``assignments:`` in the book's ``_config.yml``."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+from .book import Settings, chapters, find_book, settings
+from .cells import ANSWER_STUB, checks_output, student_source
+
+SETUP_PACKAGE = re.compile(r'package = "git\+(?P<url>[^@"]+)@(?P<ref>[^"]+)"')
+
+
+def colab_link(s: Settings, name: str) -> str:
+    """The student notebook on the branch it is committed on.  Not at ``ref``: the commit
+    that ``ref`` names cannot hold notebooks that already name it, while the branch's
+    notebooks do, so the link and the install agree."""
+    owner_repo = s.url.split("github.com/", 1)[-1]
+    return (f"https://colab.research.google.com/github/{owner_repo}/blob/{s.branch}/"
+            f"{s.folder}/{name}")
+
+
+def student_notebook(nb, s: Settings, name: str):
+    """The student version of chapter ``nb`` (a new notebook; ``nb`` is left as it is)."""
+    import nbformat
+
+    out = copy.deepcopy(nb)
+    for cell in out.cells:
+        cell.source = student_source(cell)
+        cell.metadata.pop("execution", None)
+        if cell.cell_type != "code":
+            continue
+        if "setup" in cell.metadata.get("tags", []):
+            # Two string pieces: with a 40-digit commit the line would pass 88 characters.
+            cell.source = SETUP_PACKAGE.sub(
+                lambda m: f'package = ("git+{m.group("url")}"\n               "@{s.ref}")',
+                cell.source)
+        if not checks_output(cell):
+            # nbval compares only # NBVAL_CHECK_OUTPUT cells: they keep the expected output
+            # (and the execution count, without which nbval does not compare them).
+            cell.outputs, cell.execution_count = [], None
+    badge = nbformat.v4.new_markdown_cell(
+        f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+        f"({colab_link(s, name)})\n\n"
+        f"**Assignment.** Replace every `raise NotImplementedError()` with your code and run "
+        f"the check cell below it. Written answers go where it says `{ANSWER_STUB}`; they are "
+        f"graded by hand. A prediction is recorded next to the result and not graded.")
+    badge.id = "assignment-colab-badge"
+    badge.metadata["tags"] = ["assignment"]
+    first_md = 1 if out.cells and out.cells[0].cell_type == "markdown" else 0
+    out.cells.insert(first_md, badge)
+    out.metadata["mae_assignment"] = {"chapter": Path(name).stem, "ref": s.ref}
+    return out
+
+
+def generate(book: Path | None = None, out_dir: Path | None = None, check: bool = False,
+             only: list[str] | None = None) -> list[str]:
+    """Write (or, with ``check``, compare) one student notebook per chapter of ``book``
+    (default: the book folder found from the working directory), or per chapter named in
+    ``only``, into ``out_dir`` (default: the book's ``assignments: folder``).  Returns the
+    names written, or with ``check`` those missing or out of date."""
+    import nbformat
+
+    book = find_book() if book is None else Path(book)
+    s = settings(book)
+    out_dir = book / s.folder if out_dir is None else Path(out_dir)
+    names = []
+    for path in chapters(book):
+        if only is not None and path.stem not in only:
+            continue
+        nb = nbformat.read(path, as_version=4)
+        text = nbformat.writes(student_notebook(nb, s, path.name)) + "\n"
+        target = out_dir / path.name
+        if check:
+            if not target.is_file() or target.read_text() != text:
+                names.append(path.name)
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not target.is_file() or target.read_text() != text:
+            target.write_text(text)
+        names.append(path.name)
+    return names
