@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torchvision.transforms as T
@@ -10,8 +12,8 @@ from torchvision.transforms import InterpolationMode
 
 from mae_from_scratch import data as D
 from mae_from_scratch.device_data import (
-    CROP_AREA, CROP_LEFT, CROP_RATIO, CROP_TOP, DeviceBatchLoader, DeviceImages, NotUniformError, _mix32,
-    counter_uniform, crop_boxes, decode_images, mask_noise, resize_weights, resized_crops,
+    CROP_AREA, CROP_LEFT, CROP_RATIO, CROP_TOP, FLIP, NOISE, DeviceBatchLoader, DeviceImages, NotUniformError, _mix32,
+    counter_hash, counter_uniform, crop_boxes, decode_images, mask_noise, resize_weights, resized_crops,
 )
 from mae_from_scratch.photos import PhotoCrops
 
@@ -98,6 +100,18 @@ def test_a_fixed_crop_equals_torchvisions_antialiased_bilinear_resized_crop(side
     torch.testing.assert_close(ours, ref, rtol=0, atol=PIXEL_ATOL)
     flipped = resized_crops(imgs, torch.tensor([box]), size, flip=torch.tensor([True]))[0]
     torch.testing.assert_close(flipped, TF.horizontal_flip(ref), rtol=0, atol=PIXEL_ATOL)
+
+
+@pytest.mark.parametrize("shape, box, size", [((1, 8), (0, 0, 1, 8), 8), ((8, 1), (0, 0, 8, 1), 8),
+                                             ((1, 6), (0, 1, 1, 4), 8), ((32, 96), (0, 0, 32, 96), 32),
+                                             ((96, 32), (4, 2, 90, 20), 32), ((20, 40), (3, 5, 17, 30), 32)])
+def test_crops_of_non_square_and_one_pixel_images_equal_torchvisions(shape, box, size):
+    # One-pixel-high or -wide images (no division by zero), and images larger than the output
+    # along one side only: a crop that shrinks along it must be antialiased.
+    torch.manual_seed(1)
+    imgs = torch.randint(0, 256, (1, 3, *shape), dtype=torch.uint8)
+    ref = TF.resized_crop(imgs[0].float(), *box, [size, size], InterpolationMode.BILINEAR, antialias=True)
+    torch.testing.assert_close(resized_crops(imgs, torch.tensor([box]), size)[0], ref, rtol=0, atol=PIXEL_ATOL)
 
 
 def _checkerboard(side, cell=1):
@@ -225,3 +239,349 @@ def test_raw_cifar_arrays_are_used_as_they_are():
     assert data.images.shape == (2, 3, 4, 4) and data.targets.tolist() == [3, 7]
     assert data.images[1, 2, 0, 1].item() == FakeCIFAR.data[1, 0, 1, 2]
     assert isinstance(data, DeviceImages)
+
+
+# ---------------------------------------------------------------------------------- the generator, value by value
+def _lowbias32(x: int) -> int:
+    """C. Wellons' lowbias32 hash, written from its published definition on Python ints."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    x ^= x >> 16
+    return x
+
+
+def test_mix32_is_lowbias32_on_ints_and_on_int64_tensors():
+    g = torch.Generator().manual_seed(0)
+    values = [0, 1, 2, 0xFFFF, 0x10000, 2**31 - 1, 2**31, 2**32 - 1] + torch.randint(
+        0, 2**32, (200,), generator=g, dtype=torch.long).tolist()
+    expected = [_lowbias32(v) for v in values]
+    assert [_mix32(v) for v in values] == expected
+    assert _mix32(torch.tensor(values)).tolist() == expected
+
+
+def test_counter_draws_are_pinned():
+    # The draws are part of every run made with the device loader: a run resumed with a later
+    # version of the package repeats its crops, flips and masks only if they stay the same.
+    # A change to the generator must be deliberate: then write the new numbers here.
+    h = counter_hash(1, 2, torch.tensor([3, 7, 2**33 + 5]), 3, 3)
+    assert h.dtype == torch.long
+    assert h.tolist() == [[1605392262, 433998088, 3174051384], [2174457665, 3639222247, 10062007],
+                          [571517693, 1436501406, 2035582482]]
+    # An epoch and a stream with many bits set: each counter is mixed in, not just or-ed.
+    assert counter_hash(7, 123456789, torch.tensor([11, 2**20 + 3]), 5, 2).tolist() == [
+        [1306930545, 3661742071], [3308825259, 3372720133]]
+    # Seeds, epochs and indices are taken modulo 2**32.
+    assert torch.equal(counter_hash(2**32 + 1, 2, torch.tensor([3, 2**32 + 7]), 3, 2), h[:2, :2])
+    assert torch.equal(counter_hash(1, 2**32 + 2, torch.tensor([3]), 3, 2), h[:1, :2])
+    # Uniform numbers are the hashes over 2**32, exactly; one draw by default.
+    u = counter_uniform(1, 2, torch.tensor([3, 7, 2**33 + 5]), 3, 3)
+    assert u.dtype == torch.float64 and torch.equal(u * 2.0**32, h.double())
+    assert counter_uniform(1, 2, torch.tensor([3, 7]), 3).shape == (2, 1)
+
+
+def test_mask_noise_orders_patches_by_hash_and_breaks_ties_by_patch_number():
+    idx = torch.tensor([4, 9])
+    noise = mask_noise(5, 1, idx, 64)
+    h = counter_hash(5, 1, idx, NOISE, 64)
+    # noise = (hash * L + patch) / (2**32 * L): exact in float64 for L = 64, a power of two.
+    assert torch.equal(noise * (2.0**32 * 64), (h * 64 + torch.arange(64)).double())
+    assert noise.min() >= 0 and noise.max() < 1
+
+
+# ---------------------------------------------------------------------------------- the crop, try by try
+def _reference_boxes(u_area, u_ratio, u_top, u_left, height, width, scale, ratio):
+    """torchvision's RandomResizedCrop.get_params, written out with the given uniform numbers:
+    try after try, the first box that fits at a uniform position; else the central fallback."""
+    boxes = []
+    for b in range(u_area.shape[0]):
+        for k in range(u_area.shape[1]):
+            target_area = height * width * (scale[0] + (scale[1] - scale[0]) * u_area[b, k].item())
+            log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+            aspect = math.exp(log_lo + (log_hi - log_lo) * u_ratio[b, k].item())
+            w = round(math.sqrt(target_area * aspect))
+            h = round(math.sqrt(target_area / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                boxes.append([math.floor(u_top[b, k].item() * (height - h + 1)),
+                              math.floor(u_left[b, k].item() * (width - w + 1)), h, w])
+                break
+        else:  # torchvision's fallback: the whole image, cut to the nearest allowed ratio, centred
+            in_ratio = width / height
+            if in_ratio < min(ratio):
+                w, h = width, int(round(width / min(ratio)))
+            elif in_ratio > max(ratio):
+                w, h = int(round(height * max(ratio))), height
+            else:
+                w, h = width, height
+            boxes.append([(height - h) // 2, (width - w) // 2, h, w])
+    return boxes
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (32, 40), (40, 32), (64, 16), (16, 64), (100, 10), (10, 100)])
+@pytest.mark.parametrize("scale", [(0.2, 1.0), (0.9, 1.0), (0.28, 0.3)])
+def test_crop_boxes_follow_get_params_try_for_try(height, width, scale):
+    ratio = (3 / 4, 4 / 3)
+    g = torch.Generator().manual_seed(height * 1000 + width)
+    for tries in (1, 3, 10):
+        u = [torch.rand(300, tries, generator=g, dtype=torch.float64) for _ in range(4)]
+        ours = crop_boxes(*u, height, width, scale, ratio)
+        assert ours.dtype == torch.int64 and ours.shape == (300, 4)
+        assert ours.tolist() == _reference_boxes(*u, height, width, scale, ratio)
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (2, 3), (3, 2), (4, 4)])
+def test_crop_boxes_of_tiny_images_refuse_empty_boxes_as_get_params_does(height, width):
+    # A box of under half a pixel rounds to width or height 0: such a try does not fit.
+    g = torch.Generator().manual_seed(height * 10 + width)
+    u = [torch.rand(400, 4, generator=g, dtype=torch.float64) for _ in range(4)]
+    ours = crop_boxes(*u, height, width, (0.01, 0.3))
+    assert ours.tolist() == _reference_boxes(*u, height, width, (0.01, 0.3), (3 / 4, 4 / 3))
+    assert (ours[:, 2:] > 0).all()
+
+
+def test_crop_boxes_cover_their_edge_cases():
+    # The comparison above meets boxes as wide or as tall as the image, boxes at the far edges,
+    # and central fallbacks (which a test drawing few of them could miss).
+    g = torch.Generator().manual_seed(0)
+    u = [torch.rand(2000, 3, generator=g, dtype=torch.float64) for _ in range(4)]
+    square = crop_boxes(*u, 32, 32, (0.9, 1.0))
+    assert (square[:, 3] == 32).any() and (square[:, 2] == 32).any()
+    assert ((square[:, 0] + square[:, 2] == 32) & (square[:, 0] > 0)).any()
+    tall = crop_boxes(*u, 64, 16, (0.28, 0.3))
+    assert (tall == torch.tensor([21, 0, 21, 16])).all(1).any()  # the fallback for a tall image
+    wide = crop_boxes(*u, 16, 64, (0.28, 0.3))
+    assert (wide == torch.tensor([0, 21, 16, 21])).all(1).any()  # and for a wide one
+
+
+def test_crop_boxes_default_to_the_recipes_scale_and_ratio():
+    g = torch.Generator().manual_seed(1)
+    u = [torch.rand(500, 10, generator=g, dtype=torch.float64) for _ in range(4)]
+    assert torch.equal(crop_boxes(*u, 40, 32), crop_boxes(*u, 40, 32, (0.2, 1.0), (3 / 4, 4 / 3)))
+
+
+def _fit_probability(height, width, scale, ratio):
+    """The chance that one try fits a tall image when only its width can be too large.
+
+    A try fits when ``round(sqrt(A s r)) <= width``, i.e. ``s r < c = (width + 1/2)**2 / A``, with
+    ``s`` uniform in ``scale`` and ``log r`` uniform in ``log(ratio)``: integrate over ``t = log r``
+    the share of ``s`` below ``c exp(-t)``.
+    """
+    s0, s1 = scale
+    assert height * width * s1 / ratio[0] < (height - 0.5) ** 2  # the height never limits
+    c = (width + 0.5) ** 2 / (height * width)
+    a, b = math.log(ratio[0]), math.log(ratio[1])
+    t1, t2 = math.log(c / s1), math.log(c / s0)  # below t1 every s fits, above t2 none
+    always = max(0.0, min(b, t1) - a)
+    lo, hi = max(a, t1), min(b, t2)
+    partial = (c * (math.exp(-lo) - math.exp(-hi)) - s0 * (hi - lo)) / (s1 - s0) if hi > lo else 0.0
+    return (always + partial) / (b - a)
+
+
+def test_loader_tries_ten_times_before_taking_the_central_crop(monkeypatch):
+    # A tall 64 x 16 image and crops of 28-30% of its area: a try fits only if the crop is narrow
+    # enough, which happens with probability p = 0.349, so all 10 tries fail with probability
+    # (1 - p)**10 = 0.0136 (3 tries: 0.275, 9: 0.021, 11: 0.0088).  No crop that fits can be the
+    # central fallback box (21, 0, 21, 16): a 16-wide, 21-high crop needs more than 31% of the area.
+    import mae_from_scratch.device_data as DD
+
+    height, width, scale, ratio = 64, 16, (0.28, 0.3), (3 / 4, 4 / 3)
+    p = _fit_probability(height, width, scale, ratio)
+    expected = (1 - p) ** 10
+    assert p == pytest.approx(0.3494, abs=1e-4)
+    # torchvision's own sampler falls back at that rate too (a looser check: it is slow to draw).
+    torch.manual_seed(0)
+    img = torch.zeros(1, height, width)
+    n_tv = 6000
+    tv = sum(T.RandomResizedCrop.get_params(img, list(scale), list(ratio)) == (21, 0, 21, 16)
+             for _ in range(n_tv)) / n_tv
+    assert abs(tv - expected) < 4 * (expected * (1 - expected) / n_tv) ** 0.5
+
+    boxes = []
+    real = DD.crop_boxes
+    monkeypatch.setattr(DD, "crop_boxes", lambda *a, **k: boxes.append(real(*a, **k)) or boxes[-1])
+    # Only the crop boxes matter here: skip the resampling.
+    monkeypatch.setattr(DD, "resized_crops", lambda imgs, b, size, flip=None: torch.zeros(len(b), 1, size, size))
+    n, chunk = 100_000, 20_000
+    images = DeviceImages(torch.zeros(1, 1, height, width, dtype=torch.uint8).expand(n, 1, height, width))
+    loader = DeviceBatchLoader(images, None, batch_size=chunk, input_size=8, mean=[0.5], std=[0.5],
+                               num_patches=4, scale=scale, ratio=ratio)  # tries: the default
+    for start in range(0, n, chunk):
+        loader.batch(0, torch.arange(start, start + chunk))
+    fell_back = (torch.cat(boxes) == torch.tensor([21, 0, 21, 16])).all(1).double().mean().item()
+    assert abs(fell_back - expected) < 4 * (expected * (1 - expected) / n) ** 0.5, (fell_back, expected)
+
+
+def test_loader_defaults_are_the_recipes_crop(monkeypatch):
+    import mae_from_scratch.device_data as DD
+
+    seen = []
+    real = DD.crop_boxes
+    monkeypatch.setattr(DD, "crop_boxes", lambda *a, **k: seen.append(a) or real(*a, **k))
+    images = DeviceImages(torch.zeros(4, 1, 40, 32, dtype=torch.uint8))
+    loader = DeviceBatchLoader(images, None, batch_size=4, input_size=8, mean=[0.5], std=[0.5], num_patches=4)
+    loader.batch(5, torch.arange(4))
+    u_area, u_ratio, u_top, u_left, height, width, scale, ratio = seen[0]
+    assert (height, width, scale, ratio) == (40, 32, (0.2, 1.0), (3 / 4, 4 / 3))
+    idx = torch.arange(4)
+    for stream, u in ((CROP_AREA, u_area), (CROP_RATIO, u_ratio), (CROP_TOP, u_top), (CROP_LEFT, u_left)):
+        assert torch.equal(u, counter_uniform(0, 5, idx, stream, 10))  # seed 0 and 10 tries by default
+
+
+def test_loader_noise_is_the_samples_mask_noise():
+    images = DeviceImages(torch.zeros(6, 3, 32, 32, dtype=torch.uint8))
+    loader = DeviceBatchLoader(images, None, batch_size=3, input_size=32, mean=D.IMAGENET_MEAN, std=D.IMAGENET_STD,
+                               num_patches=16, seed=2)
+    idx = torch.tensor([5, 1, 3])
+    _, noise = loader.batch(7, idx)
+    assert torch.equal(noise, mask_noise(2, 7, idx, 16))
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_loader_iterates_the_samplers_epoch_and_indices_in_whole_batches(batch_size):
+    data = _photo_images(10, 32)
+    sampler = D.ResumableSampler(data, seed=0)
+    sampler.set_position(3, 0)
+    keys = list(sampler)
+    assert {e for e, _ in keys} == {3}
+    loader = DeviceBatchLoader(data, sampler, batch_size=batch_size, input_size=32, mean=D.IMAGENET_MEAN,
+                               std=D.IMAGENET_STD, num_patches=64, seed=1)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 10 // batch_size  # the last partial batch is dropped
+    for b, (imgs, noise) in enumerate(batches):
+        idx = torch.tensor([i for _, i in keys[b * batch_size:(b + 1) * batch_size]])
+        want_imgs, want_noise = loader.batch(3, idx)
+        assert torch.equal(imgs, want_imgs) and torch.equal(noise, want_noise)
+
+
+def test_loader_flips_half_the_samples_by_their_own_draw():
+    # A left-to-right ramp image: a flipped sample has its brightest column first.
+    ramp = torch.arange(32, dtype=torch.uint8).mul(8).expand(1, 1, 32, 32)
+    images = DeviceImages(ramp.expand(2000, 1, 32, 32))
+    loader = DeviceBatchLoader(images, None, batch_size=2000, input_size=32, mean=[0.0], std=[1.0],
+                               num_patches=4, seed=3)
+    imgs, _ = loader.batch(1, torch.arange(2000))
+    flipped = imgs[:, 0, 0, 0] > imgs[:, 0, 0, -1]
+    expected = counter_uniform(3, 1, torch.arange(2000), FLIP)[:, 0] < 0.5
+    assert torch.equal(flipped, expected)
+    assert 900 < int(flipped.sum()) < 1100
+
+
+# ---------------------------------------------------------------------------------- holding and decoding images
+def test_device_images_hold_uint8_batches_only():
+    for bad in (torch.zeros(2, 3, 4, 4), torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(2, 3, 4, 4).int()):
+        with pytest.raises(ValueError, match="uint8"):
+            DeviceImages(bad)
+    images = torch.arange(2 * 3 * 4 * 5, dtype=torch.uint8).view(2, 3, 4, 5)
+    held = DeviceImages(images, torch.tensor([7, 9]))
+    assert len(held) == 2 and held.nbytes == 120
+    moved = held.to("cpu")
+    assert torch.equal(moved.images, images) and torch.equal(moved.targets, torch.tensor([7, 9]))
+    assert DeviceImages(images).to("cpu").targets is None
+
+
+class _Pictures(torch.utils.data.Dataset):
+    """``(PIL image, label)`` items of ``size``; the items in ``broken`` raise DataError (with a
+    path and a reason, as the image folders do, or a bare message); records the process of each read."""
+
+    def __init__(self, labels, size=(5, 4), broken=None):
+        self.labels, self.size, self.broken, self.pids = labels, size, broken or {}, []
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        import os
+
+        from PIL import Image
+
+        self.pids.append(os.getpid())
+        if i >= len(self.labels):
+            raise IndexError(i)
+        if i in self.broken:
+            path, why = self.broken[i]
+            err = D.DataError(f"cannot read image {path}: {why}" if path else why)
+            if path:
+                err.path, err.why = path, why
+            raise err
+        value = 20 * i
+        return Image.new("RGB", self.size, (value, value + 1, value + 2)), self.labels[i]
+
+
+def test_decode_images_keeps_order_and_labels_in_this_process(capfd):
+    import os
+
+    ds = _Pictures([3, 1, 4, 1, 5])
+    data = decode_images(ds)  # by default: no progress bar, no worker processes
+    assert data.images.shape == (5, 3, 4, 5) and data.targets.tolist() == [3, 1, 4, 1, 5]
+    assert data.images[:, :, 0, 0].tolist() == [[20 * i, 20 * i + 1, 20 * i + 2] for i in range(5)]
+    assert ds.pids == [os.getpid()] * 5
+    assert capfd.readouterr().err == ""
+    decode_images(ds, progress=True)
+    err = capfd.readouterr().err
+    assert "decoding images once" in err and err.isascii()  # an ASCII bar, for logs and notebooks
+
+
+def test_decode_images_names_every_unreadable_image():
+    ds = _Pictures(list(range(6)), broken={1: ("a/broken.png", "OSError: truncated"),
+                                           4: (None, "no such image")})
+    with pytest.raises(D.DataError) as caught:
+        decode_images(ds)
+    message = str(caught.value)
+    assert message.startswith("2 image files cannot be read: ")
+    assert "a/broken.png (OSError: truncated); no such image (no such image)" in message
+
+
+def test_raw_arrays_of_stl10_style_data_sets_are_used_as_they_are():
+    class FakeSTL10(torch.utils.data.Dataset):  # (N, C, H, W) arrays and `labels`, as STL-10
+        import numpy as np
+        data = np.arange(3 * 3 * 4 * 6, dtype=np.uint8).reshape(3, 3, 4, 6)
+        labels = np.array([2, 0, 1])
+
+        def __len__(self):
+            return 3
+
+    data = decode_images(torch.utils.data.Subset(FakeSTL10(), [2, 0]))
+    assert torch.equal(data.images, torch.from_numpy(FakeSTL10.data[[2, 0]]))
+    assert data.targets.tolist() == [1, 2]
+
+
+def test_first_image_nbytes_reads_as_little_as_it_can():
+    from mae_from_scratch.device_data import first_image_nbytes
+
+    class OneRaw(torch.utils.data.Dataset):
+        import numpy as np
+        data = np.zeros((1, 4, 5, 3), dtype=np.uint8)
+        targets = [0]
+
+        def __len__(self):
+            return 1
+
+    assert first_image_nbytes(OneRaw()) == 60  # from the array, nothing decoded
+    # The first readable image, as uint8 (C, H, W): 3 x 4 x 5.
+    assert first_image_nbytes(_Pictures([0, 1], broken={0: ("x.png", "bad")})) == 60
+    assert first_image_nbytes(_Pictures([0, 1, 2], broken={i: ("x.png", "bad") for i in range(3)})) == 0
+    # It gives up after 64 unreadable images: decode_images will name them all anyway.
+    many = _Pictures(list(range(70)), broken={i: ("x.png", "bad") for i in range(64)})
+    assert first_image_nbytes(many) == 0 and len(many.pids) == 64
+
+
+def test_fits_on_device_allows_a_quarter_of_the_memory(monkeypatch):
+    import os
+
+    from mae_from_scratch.device_data import fits_on_device
+
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1000}[name])
+    assert fits_on_device(1_024_000, "cpu") and not fits_on_device(1_024_001, torch.device("cpu"))
+
+    def unknown(name):
+        raise ValueError(name)
+
+    monkeypatch.setattr(os, "sysconf", unknown)  # no page counts: assume 8 GiB of RAM
+    assert fits_on_device(2 * 2**30, "cpu") and not fits_on_device(2 * 2**30 + 1, "cpu")
+
+    class Properties:
+        total_memory = 4000
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Properties())
+    assert fits_on_device(1000, "cuda") and not fits_on_device(1001, "cuda:0")

@@ -1,8 +1,10 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mae_from_scratch import MaskedAutoencoderViT, masked_mse_loss, normalize_patches
+from mae_from_scratch.loss import patch_stats, unnormalize_patches
 
 
 @settings(max_examples=40, deadline=None)
@@ -57,3 +59,77 @@ def test_model_uses_normalized_targets_only_when_asked(micro_config):
     target = normalize_patches(plain.patchify(imgs))
     torch.testing.assert_close(l2, masked_mse_loss(pred, target, mask))
     assert abs(l1.item() - l2.item()) > 1.0
+
+
+def test_loss_squares_the_difference_of_prediction_and_target():
+    # Non-zero predictions: (pred - target)^2, not (pred + target)^2 nor anything symmetric in zero.
+    pred = torch.tensor([[[1.0, 3.0], [5.0, 5.0]]])
+    target = torch.tensor([[[2.0, 1.0], [0.0, 0.0]]])
+    mask = torch.tensor([[1.0, 0.0]])
+    assert masked_mse_loss(pred, target, mask).item() == (1 + 4) / 2
+    assert masked_mse_loss(pred, target, torch.ones(1, 2)).item() == ((1 + 4) / 2 + 25) / 2
+
+
+def _patches():
+    g = torch.Generator().manual_seed(0)
+    # Two samples of three patches of six values, each patch with its own mean and spread.
+    spread = torch.tensor([0.5, 2.0, 4.0], dtype=torch.float64).view(1, 3, 1)
+    offset = torch.arange(6.0, dtype=torch.float64).view(2, 3, 1)
+    return torch.randn(2, 3, 6, generator=g, dtype=torch.float64) * spread + offset
+
+
+def test_patch_stats_are_each_patchs_mean_and_unbiased_std_with_eps():
+    patches = _patches()
+    mean, std = patch_stats(patches)
+    assert mean.shape == std.shape == (2, 3, 1)
+    for n in range(2):
+        for k in range(3):
+            values = patches[n, k].tolist()
+            m = sum(values) / 6
+            var = sum((v - m) ** 2 for v in values) / 5  # unbiased: divided by P - 1
+            assert mean[n, k, 0].item() == pytest.approx(m, rel=1e-12)
+            assert std[n, k, 0].item() == pytest.approx((var + 1e-6) ** 0.5, rel=1e-12)
+    # A constant patch: the std is sqrt(eps), the default eps being 1e-6.
+    assert patch_stats(torch.full((1, 1, 4), 3.0, dtype=torch.float64))[1].item() == pytest.approx(1e-3)
+    assert patch_stats(torch.full((1, 1, 4), 3.0, dtype=torch.float64), eps=0.25)[1].item() == 0.5
+
+
+def test_unnormalize_with_true_stats_inverts_normalize():
+    patches = _patches()
+    back = unnormalize_patches(normalize_patches(patches), patches)  # stats="true" by default
+    torch.testing.assert_close(back, patches, rtol=1e-12, atol=1e-12)
+    pred = torch.randn(2, 3, 6, dtype=torch.float64)
+    mean, std = patch_stats(patches)
+    torch.testing.assert_close(unnormalize_patches(pred, patches, stats="true"), pred * std + mean)
+
+
+def test_unnormalize_with_visible_stats_gives_removed_patches_the_visible_average():
+    patches = _patches()
+    pred = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mask = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]])  # sample 0 sees patches 0 and 2; sample 1 only 2
+    mean, std = patch_stats(patches)
+    out = unnormalize_patches(pred, patches, mask, stats="visible")
+    expected = pred.clone()
+    for n, seen in ((0, [0, 2]), (1, [2])):
+        vis_mean = sum(mean[n, k] for k in seen) / len(seen)
+        vis_std = sum(std[n, k] for k in seen) / len(seen)
+        for k in range(3):
+            own = k in seen
+            expected[n, k] = pred[n, k] * (std[n, k] if own else vis_std) + (mean[n, k] if own else vis_mean)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_unnormalize_a_sample_with_no_visible_patch_gives_zeros_not_nan():
+    patches = _patches()
+    mask = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    out = unnormalize_patches(torch.ones(2, 3, 6, dtype=torch.float64), patches, mask, stats="visible")
+    assert torch.all(out[0] == 0)  # no visible statistics to borrow: mean 0, std 0
+    torch.testing.assert_close(out[1], unnormalize_patches(torch.ones(2, 3, 6, dtype=torch.float64), patches)[1])
+
+
+def test_unnormalize_refuses_a_missing_mask_and_unknown_stats():
+    patches = _patches()
+    with pytest.raises(ValueError, match="needs the mask"):
+        unnormalize_patches(patches, patches, stats="visible")
+    with pytest.raises(ValueError, match="stats must be"):
+        unnormalize_patches(patches, patches, torch.zeros(2, 3), stats="hidden")

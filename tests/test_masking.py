@@ -96,3 +96,26 @@ def test_zero_ratio_keeps_everything():
     x = torch.randn(2, 9, 3)
     x_masked, mask, _ = random_masking(x, 0.0)
     assert x_masked.shape == x.shape and mask.sum() == 0
+
+
+@pytest.mark.parametrize("ratio", [True, False, "0.75", None])
+def test_mask_ratio_that_is_not_a_real_number_is_refused(ratio):
+    # bool is an int in Python: False would silently mean "keep everything", True "remove everything".
+    with pytest.raises(TypeError, match="mask_ratio must be a number"):
+        random_masking(torch.zeros(1, 16, 4), ratio)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.complex64])
+def test_noise_that_is_not_real_scores_is_refused(dtype):
+    with pytest.raises(TypeError, match="real scores"):
+        random_masking(torch.zeros(2, 16, 4), 0.75, noise=torch.zeros(2, 16, dtype=dtype))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_cpu_noise_that_is_not_finite_is_refused(bad):
+    noise = torch.rand(2, 16)
+    noise[1, 3] = bad
+    with pytest.raises(ValueError, match="noise must be finite"):
+        random_masking(torch.zeros(2, 16, 4), 0.75, noise=noise)
+    # Integer scores are finite by construction and accepted.
+    random_masking(torch.zeros(2, 16, 4), 0.75, noise=torch.randperm(32).view(2, 16))

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mae_from_scratch import patchify, unpatchify
+from mae_from_scratch import PatchEmbed, patchify, unpatchify
 
 
 @settings(max_examples=40, deadline=None)
@@ -40,3 +40,43 @@ def test_patchify_rejects_bad_input():
         unpatchify(torch.zeros(1, 5, 48), 4)
     with pytest.raises(ValueError, match="p\\*p\\*C"):
         unpatchify(torch.zeros(1, 4, 47), 4)
+
+
+def test_patchify_refuses_a_zero_patch_size_and_either_side_not_divisible():
+    with pytest.raises(ValueError, match="patch size must be positive"):
+        patchify(torch.zeros(1, 3, 8, 8), 0)
+    # One side divisible is not enough: both must be.
+    with pytest.raises(ValueError, match="not divisible"):
+        patchify(torch.zeros(1, 3, 8, 6), 4)
+    with pytest.raises(ValueError, match="not divisible"):
+        patchify(torch.zeros(1, 3, 6, 8), 4)
+
+
+def test_unpatchify_assumes_three_channels_by_default():
+    imgs = torch.randn(2, 3, 8, 8)
+    assert torch.equal(unpatchify(patchify(imgs, 4), 4), imgs)
+
+
+def test_patch_embed_is_patchify_then_one_shared_linear_layer():
+    torch.manual_seed(0)
+    p, c, d = 4, 2, 5
+    embed = PatchEmbed(img_size=8, patch_size=p, in_chans=c, embed_dim=d)
+    assert (embed.img_size, embed.patch_size, embed.grid_size, embed.num_patches) == (8, p, 2, 4)
+    assert embed.proj.weight.shape == (d, c, p, p)
+    imgs = torch.randn(3, c, 8, 8)
+    # The convolution's kernel (D, C, p, p), flattened in patchify's (p1 p2 c) order, is the linear map.
+    weight = embed.proj.weight.permute(0, 2, 3, 1).reshape(d, p * p * c)
+    expected = patchify(imgs, p) @ weight.T + embed.proj.bias
+    out = embed(imgs)
+    assert out.shape == (3, 4, d)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_embed_defaults_are_vit_base_on_224_pixel_images():
+    embed = PatchEmbed()
+    assert (embed.img_size, embed.patch_size, embed.grid_size, embed.num_patches) == (224, 16, 14, 196)
+    assert isinstance(embed.grid_size, int) and isinstance(embed.num_patches, int)  # sizes, used by range()
+    assert embed.proj.weight.shape == (768, 3, 16, 16)
+    assert embed.proj.stride == (16, 16)
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        PatchEmbed(img_size=30, patch_size=4)
