@@ -43,8 +43,12 @@ book: venv
 	@$(MAKE) --no-print-directory mathjax
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
 
+# Two test workers (pytest-xdist): one per core of the 2-core machine `make test` is sized for
+# (`make test WORKERS=8` on a larger one). Tests are shared out one by one, except the Colab-like
+# ones, which share one virtual environment and stay on one worker (xdist_group "colab").
+WORKERS ?= 2
 test: book
-	$(BIN)/python -m pytest tests -p no:cacheprovider --durations=25
+	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadgroup -p no:cacheprovider --durations=25
 
 unit: venv
 	$(BIN)/python -m pytest tests -m "not slow"

@@ -23,13 +23,18 @@ module                    what it holds                               chapter
 ``archives``              ``.tar``/``.tar.gz`` data extracted once
 ``image_check``           every image file decoded once before
                           training
+``train_step``            the one optimizer step every loop uses
 ``engine``                training loops (``train_steps``, epochs)    4, 6, 7
 ``optim``                 AdamW parameter groups, lr schedule
 ``precision``             mixed precision chosen from the hardware
 ``distributed``           torchrun / DDP helpers
 ``metrics``               the metrics logs (``log.txt``)
 ``presets``               named pretraining recipes
-``pretrain``              ``python -m mae_from_scratch.pretrain``
+``pretrain``              ``python -m mae_from_scratch.pretrain``     8
+``run_config``            its flags and frozen configuration          8
+``run_folder``            its output folder: checked and locked
+``pretrain_data``         its images, sampler and loader
+``run_info``              ``run.json``: what produced a run           8
 ``features``              a frozen encoder's features and attention   9
 ``knn``                   kNN classifier on frozen features           9
 ``linear_probe``          linear probe on frozen features             9

@@ -158,6 +158,7 @@ def test_output_dir_that_cannot_be_written(capsys, tmp_path):
         ro.chmod(0o700)
 
 
+@pytest.mark.slow
 def test_rerun_into_a_finished_run_is_refused(capsys, finished_run):
     refused(capsys, [*BASE, "--output_dir", str(finished_run)],
             r"already holds a run \(checkpoint-last\.pth\); continue it with --auto_resume, "
@@ -187,6 +188,7 @@ def _dead_pid() -> int:
     return p.pid
 
 
+@pytest.mark.slow
 def test_stale_lock_and_temporaries_are_cleared_and_the_lock_released(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -210,6 +212,7 @@ def test_lock_is_released_when_the_run_fails(capsys, tmp_path):
     assert not out.exists()  # the folder made for the lock is removed again
 
 
+@pytest.mark.slow
 def test_overwrite_starts_over_and_replaces_the_logs(tmp_path, finished_run):
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
@@ -263,6 +266,7 @@ def test_resume_of_an_official_weights_only_file(capsys, out, finished_run):
             r"mae_pretrain\.pth holds model weights only .*resume.*load_official_checkpoint", out)
 
 
+@pytest.mark.slow
 def test_a_relative_data_path_is_saved_absolute_so_a_resume_elsewhere_finds_it(capsys, tmp_path, monkeypatch):
     work = tmp_path / "work"
     make_image_folder(work / "data", per_class=6)
@@ -344,6 +348,7 @@ def test_an_archive_with_only_train_names_the_missing_evaluation_folder(tmp_path
 
 
 # ---------------------------------------------------------------------------------- non-finite
+@pytest.mark.slow
 def test_non_finite_run_names_the_last_checkpoint_written_with_step_and_loss(tmp_path, monkeypatch):
     poison_loss_at_call(monkeypatch, P, call=5)
     out = tmp_path / "run"

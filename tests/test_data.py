@@ -171,6 +171,7 @@ def _extract_in_a_child(args):
     return str(extract_archive(*args))
 
 
+@pytest.mark.slow
 def test_two_processes_extracting_one_archive_both_get_it_whole(tmp_path):
     import multiprocessing
     root = make_image_folder(tmp_path / "src", per_class=20, size=32)

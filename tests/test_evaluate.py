@@ -41,6 +41,7 @@ def test_knn_votes_are_similarity_weighted():
     assert knn_predict(train, labels, q, k=3, temperature=100.0).item() == 0
 
 
+@pytest.mark.slow
 def test_knn_and_linear_probe_separate_clusters():
     xtr, ytr = _clusters(seed=0)
     xte, yte = _clusters(seed=0, n_per_class=10)  # same centres, fresh noise below
@@ -69,6 +70,7 @@ def test_knn_is_perfect_on_label_features_and_chance_on_shuffled_labels():
     assert knn_accuracy(xtr, shuffled, xte, yte) < 0.25
 
 
+@pytest.mark.slow
 def test_linear_probe_needs_a_linear_boundary():
     # Two classes split by a hyperplane through 8-D Gaussian data: the probe must find it
     # (every point is at least 0.5 from the boundary; 1.0 for data and probe seeds 0-9).  XOR
@@ -133,6 +135,7 @@ def test_pretraining_makes_knn_features_better_than_random_ones():
     assert pretrained_acc >= random_acc + 0.03, (random_acc, pretrained_acc)
 
 
+@pytest.mark.slow
 def test_finetune_learns_a_spatial_task():
     # Three classes that differ only in which half of the image is brighter (left, right,
     # top), under random noise; chance is 1/3.  Training encoder and head end to end must
@@ -168,6 +171,7 @@ def _run(*argv):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_evaluate_in_process_on_our_and_official_checkpoints(tmp_path, folder):
     torch.manual_seed(0)
     model = mae_vit_micro_patch4_32()
@@ -263,6 +267,7 @@ def _noisy_clusters(seed):
     return x + 0.1 * torch.randn(x.shape, generator=g), y
 
 
+@pytest.mark.slow
 def test_tuning_chooses_the_best_val_candidate_and_never_the_test_labels():
     xtr, ytr = _noisy_clusters(seed=1)
     xte, yte = _noisy_clusters(seed=2)

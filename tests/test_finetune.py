@@ -228,6 +228,7 @@ def test_bad_finetune_and_tuning_flags_give_one_line(mode, extra, pattern, folde
     assert out.strip() == ""
 
 
+@pytest.mark.slow
 def test_bad_flag_exits_with_status_1(folder):
     r = subprocess.run([sys.executable, "-m", "mae_from_scratch.evaluate", *_base(folder), "--layer_decay", "0"],
                        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})

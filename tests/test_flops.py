@@ -83,6 +83,7 @@ def test_mask_token_baseline_runs_the_encoder_on_all_tokens(micro_config):
     assert flops_saving(model, 0.0) == 1.0
 
 
+@pytest.mark.slow
 def test_flops_saving_matches_the_paper_for_large_and_shrinks_for_base():
     """He et al., Table 1c: 3.3x fewer FLOPs than an encoder with mask tokens (ViT-L, 8-block decoder)."""
     with torch.device("meta"):

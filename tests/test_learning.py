@@ -16,6 +16,7 @@ def test_masked_loss_falls_by_half_on_real_images():
     assert last <= 0.5 * first, (first, last)
 
 
+@pytest.mark.slow
 def test_train_steps_is_reproducible():
     imgs = normalize(photo_crops(8, 32, seed=3))
     logs = []
@@ -26,6 +27,7 @@ def test_train_steps_is_reproducible():
     assert all({"step", "loss", "loss_visible"} <= set(r) for r in logs[0])
 
 
+@pytest.mark.slow
 def test_train_steps_uses_the_recipes_weight_decay_groups():
     # One AdamW step from the same weights with the same gradients: weight decay
     # (decoupled, p <- p - lr * wd * p) is the only difference between the two runs,

@@ -108,6 +108,7 @@ def test_pictures_takes_what_it_draws_from_snapshots():
     assert pictures.grid_image is snapshots.grid_image
 
 
+@pytest.mark.slow
 def test_the_engine_and_the_recorded_runs_load_without_matplotlib():
     """Training (with or without --recon_every) and reading a recorded run never import matplotlib
     (about a second): only drawing does."""

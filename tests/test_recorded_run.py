@@ -183,3 +183,19 @@ def test_replay_reproduces_the_first_logged_losses(tmp_path):
     for a, b in zip(replay, recorded):
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)
         assert a["loss"] == pytest.approx(b["loss"], rel=REPLAY_RTOL), (a, b)
+
+
+def test_the_recorded_run_json_names_no_machine_path(tmp_path):
+    """The engine records the absolute data path it derived; the recording script turns every
+    absolute path into one relative to the repository before run.json is shipped."""
+    record_run = _record_run_script()
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    archive = ROOT / "mae_from_scratch" / "recorded" / CPU_RUN / "eval.json"  # any file that exists
+    (work / RUN_INFO).write_text(json.dumps({"args": {"data_path": str(archive), "seed": 0},
+                                             "config": {"derived": {"data_path": str(archive)}}}))
+    record_run.copy_run_files(work, out)
+    shipped = json.loads((out / RUN_INFO).read_text())
+    relative = "mae_from_scratch/recorded/" + CPU_RUN + "/eval.json"
+    assert shipped == {"args": {"data_path": relative, "seed": 0}, "config": {"derived": {"data_path": relative}}}

@@ -20,6 +20,7 @@ from mae_from_scratch.snapshots import fixed_noise, heldout_images, mask_ratio_r
 TINY = dict(preset="cpu_smoke", epochs=2, max_images=128, batch_size=32, no_progress=True)
 
 
+@pytest.mark.slow
 def test_run_json_and_pictures(tmp_path):
     out = tmp_path / "run"
     pretrain(output_dir=str(out), recon_every=1, recon_images=4, **TINY)
@@ -40,6 +41,7 @@ def test_run_json_and_pictures(tmp_path):
     assert np.array_equal(first[:33], img[:33])  # the originals are the same images
 
 
+@pytest.mark.slow
 def test_resume_adds_a_segment_and_overwrite_clears_pictures(tmp_path):
     out = tmp_path / "run"
     pretrain(output_dir=str(out), recon_every=1, recon_images=2, max_steps=5, **TINY)

@@ -142,6 +142,7 @@ def test_decoder_without_ids_restore_needs_every_patch(micro_config):
         model.forward_decoder(torch.zeros(2, 17, 48), None)
 
 
+@pytest.mark.slow
 def test_speedup_rows_on_a_tiny_model(micro_config):
     model = MaskedAutoencoderViT(**micro_config)
     before = {k: v.clone() for k, v in model.state_dict().items()}

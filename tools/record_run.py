@@ -83,11 +83,24 @@ def repo_relative(path) -> str:
         return str(path)
 
 
+def without_machine_paths(obj):
+    """``obj`` (run.json's contents) with every absolute path made relative to the repository
+    root: the engine records the absolute data path it derived, which names this machine."""
+    if isinstance(obj, dict):
+        return {k: without_machine_paths(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [without_machine_paths(v) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj) and os.path.exists(obj):
+        return repo_relative(obj)
+    return obj
+
+
 def copy_run_files(work: Path, out: Path) -> None:
     """The small files of the run folder, into the recorded run's folder (the step log thinned)."""
-    for name in (RUN_INFO, "log.txt"):
-        if (work / name).is_file():
-            shutil.copyfile(work / name, out / name)
+    if (work / RUN_INFO).is_file():
+        write_json(out / RUN_INFO, without_machine_paths(json.loads((work / RUN_INFO).read_text())))
+    if (work / "log.txt").is_file():
+        shutil.copyfile(work / "log.txt", out / "log.txt")
     steps = work / "log_steps.jsonl"
     if steps.is_file():
         rows = [r for r in read_jsonl(steps) if r["step"] <= STEP_LOG_DENSE or r["step"] % 10 == 0]

@@ -52,6 +52,7 @@ def student_notebook(nb, s: Settings, name: str):
     badge.metadata["tags"] = ["assignment"]
     first_md = 1 if out.cells and out.cells[0].cell_type == "markdown" else 0
     out.cells.insert(first_md, badge)
+    out.metadata.pop("mae_from_scratch", None)  # the chapter's execution stamp: not the student's code
     out.metadata["mae_assignment"] = {"chapter": Path(name).stem, "ref": s.ref}
     return out
 
