@@ -51,7 +51,7 @@ test: book
 	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadgroup -p no:cacheprovider --durations=25
 
 unit: venv
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(BIN)/python -m pytest tests -m "not slow" -n $(WORKERS) --dist loadgroup
 
 # nbval on the chapters in place, on .venv's kernel (make test runs them in a Colab-like one).
 nbval: venv
