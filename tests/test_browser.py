@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -74,12 +75,15 @@ def _pages():
 
 
 def _run_chromium(*args, timeout=90):
-    cmd = [
-        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-        f"--user-data-dir={SCREENSHOTS.parent / '.chromium-profile'}", *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    # A profile of its own for every run: Chromium refuses a profile that another Chromium
+    # holds, and the tests run on two workers at once.
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        cmd = [
+            _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+            f"--user-data-dir={profile}", *args,
+        ]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 # Runs in the page once it has loaded: opens folded cells (the setup cell is folded), then
