@@ -43,12 +43,11 @@ book: venv
 	@$(MAKE) --no-print-directory mathjax
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
 
-# Two test workers (pytest-xdist): one per core of the 2-core machine `make test` is sized for
-# (`make test WORKERS=8` on a larger one). Tests are shared out one by one, except the Colab-like
-# ones, which share one virtual environment and stay on one worker (xdist_group "colab").
+# `make unit` runs on two workers (pytest-xdist); `make test` runs one test at a time, since its
+# slow tests run notebooks and kernels that take the machine's cores themselves.
 WORKERS ?= 2
 test: book
-	$(BIN)/python -m pytest tests -n $(WORKERS) --dist loadgroup -p no:cacheprovider --durations=25
+	$(BIN)/python -m pytest tests -p no:cacheprovider --durations=25
 
 unit: venv
 	$(BIN)/python -m pytest tests -m "not slow" -n $(WORKERS) --dist loadgroup

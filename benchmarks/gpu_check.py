@@ -68,7 +68,7 @@ from mae_from_scratch.hf_compare import compare_with_hf  # noqa: E402
 from mae_from_scratch.metrics import read_jsonl  # noqa: E402
 from mae_from_scratch.model import create_model  # noqa: E402
 from mae_from_scratch.photos import PhotoCrops  # noqa: E402
-from mae_from_scratch.run_config import parse_args  # noqa: E402
+from mae_from_scratch.run_config import parse_args as pretrain_args  # noqa: E402
 from mae_from_scratch.run_info import hardware, write_json  # noqa: E402
 from mae_from_scratch.timing import (  # noqa: E402
     gpu_peak_tflops, loader_images_per_s, train_step_images_per_s,
@@ -275,7 +275,7 @@ def stage_loader(ctx) -> dict:
         flags += ["--batch_size", str(cfg["loader_batch"])]
     if cfg["max_images"]:
         flags += ["--max_images", str(cfg["max_images"])]
-    args = parse_args(flags)
+    args = pretrain_args(flags)
     with torch.device("meta"):
         meta = create_model(args.model)
     args.input_size, num_patches = meta.img_size, meta.patch_embed.num_patches

@@ -44,8 +44,8 @@ COLAB_PACKAGES = ["numpy", "matplotlib", "pillow", "pandas", "scikit-learn", "ip
 NOT_IN_COLAB = ["myst_nb", "jupyter_book", "nbval", "pytest", "hypothesis", "transformers", "nbgrader"]
 CLOSED_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, every request fails at once
 
-# Slow; and on one test worker, since they share the virtual environment they build.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("colab")]
+# Slow; and kept on one test worker when run with pytest-xdist: they share one environment.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(name="colab")]
 
 
 def _run(cmd, **kw):
