@@ -20,6 +20,7 @@ from .cli_checks import refuse
 from .device_data import DeviceBatchLoader, NotUniformError, decode_images, first_image_nbytes, fits_on_device
 from .distributed import DistInfo
 from .image_check import verify_images
+from .run_config import resolve_dataset
 
 
 @dataclass
@@ -71,7 +72,7 @@ def build_pretrain_data(config, num_patches: int, dist_info: DistInfo, device: t
     flags).  ``resumed_from``: the checkpoint of a run trained with the device loader,
     which this one continues.
     """
-    name = config.dataset if config.dataset != "auto" else ("imagefolder" if config.data_path else "photos")
+    name = resolve_dataset(config)
     info = D.dataset_info(name)
     base = D.build_dataset(name, "train", config.data_path, transform=None, num_photos=config.num_photos,
                            photo_size=max(64, config.input_size))
