@@ -43,14 +43,17 @@ book: venv
 	@$(MAKE) --no-print-directory mathjax
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
 
-# `make unit` runs on two workers (pytest-xdist); `make test` runs one test at a time, since its
-# slow tests run notebooks and kernels that take the machine's cores themselves.
+# `make test` runs in two parts on the machine's two workers (pytest-xdist, WORKERS): first
+# everything but the notebooks, one test per worker with torch on one thread each; then the
+# tests that run whole notebooks (marked `notebooks`), one test at a time, since each of them
+# runs its kernels two at a time itself.  `make unit` is the first part without the slow tests.
 WORKERS ?= 2
 test: book
-	$(BIN)/python -m pytest tests -p no:cacheprovider --durations=25
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -m "not notebooks" -n $(WORKERS) --dist loadgroup --durations=15
+	$(BIN)/python -m pytest tests -m notebooks --durations=15
 
 unit: venv
-	$(BIN)/python -m pytest tests -m "not slow" -n $(WORKERS) --dist loadgroup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -m "not slow" -n $(WORKERS) --dist loadgroup
 
 # nbval on the chapters in place, on .venv's kernel (make test runs them in a Colab-like one).
 nbval: venv

@@ -525,7 +525,8 @@ def stage_record(ctx) -> dict:
     cmd = [sys.executable, str(ROOT / "tools" / "record_run.py"), "--preset", cfg["preset"] if not a.tiny else
            "cpu_smoke", "--data_path", str(ctx["data"]), "--dataset", "cifar10", "--out", str(out),
            "--work", str(ctx["work"] / "record"), "--device", str(device),
-           "--compile", "on" if plan["compile"] else "off"]
+           "--compile", "on" if plan["compile"] else "off",
+           "--overwrite"]  # this stage's own folders: a rerun replaces its earlier record
     if "epochs" in plan:
         cmd += ["--epochs", str(plan["epochs"]), "--recon_every", str(max(1, plan["epochs"] // 8))]
     else:

@@ -309,7 +309,7 @@ def _download_error(name: str, e: Exception) -> DataError:
 
 
 def build_dataset(name: str, split: str, data_path=None, transform=None, num_photos: int = 4096,
-                  photo_size: int = 64, classes=None):
+                  photo_size: int = 64, classes=None, labelled: bool = False):
     """The raw data set (items ``(PIL image or transformed tensor, label)``).
 
     Args:
@@ -323,6 +323,8 @@ def build_dataset(name: str, split: str, data_path=None, transform=None, num_pho
         classes: the train split's classes, to label a test split read from an
             ImageFolder tree with the same class -> index map (a class may lack a
             test folder; a test folder of another class is refused).
+        labelled: labelled images only (evaluation): STL-10's ``train`` split, not the
+            ``train+unlabeled`` that pretraining reads, whose 100,000 extra images have label -1.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -348,8 +350,8 @@ def build_dataset(name: str, split: str, data_path=None, transform=None, num_pho
                 ds = tvd.CIFAR10(str(download_root), train=split == "train", transform=transform,
                                  download=root is None)
             else:
-                ds = tvd.STL10(str(download_root), split="train+unlabeled" if split == "train" else "test",
-                               transform=transform, download=root is None)
+                stl_split = "test" if split == "test" else "train" if labelled else "train+unlabeled"
+                ds = tvd.STL10(str(download_root), split=stl_split, transform=transform, download=root is None)
         except RuntimeError as e:
             if root is not None:  # torchvision: "Dataset not found or corrupted"
                 raise DataError(

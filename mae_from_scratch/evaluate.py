@@ -27,17 +27,25 @@ validation split; by default a fifth of the training split, at most 5000
 50000, 819 of the offline photos' 4096), said in one printed line.  With ``--tune`` the kNN's ``k``
 (10, 20 or 50) or the probe's ``blr`` (0.03, 0.1 or 0.3) is chosen by the
 accuracy on that split of a model trained on the rest; the chosen value is then used on the whole
-training split and the test split is scored once.  Without ``--tune`` the
-fixed defaults are used, nothing is held out, and the result says
-``"tuned": false``.  Fine-tuning trains on the training split minus the
-validation images, reports the validation accuracy after every epoch (what any
-choice, the number of epochs say, should be made on) and the test accuracy
-once, at the end (``--val_images 0``: train on everything, no validation).
+training split and the test split is scored once; a grid that scores the same
+everywhere chooses nothing and says so (``"tuned": false``, ``"why_not_tuned"``).
+Without ``--tune`` the fixed defaults are used, nothing is held out, and the
+result says ``"tuned": false``.  ``"k"`` is the number of neighbours that voted
+(at most the training images).  Fine-tuning trains on the training split minus the
+validation images, prints the validation accuracy after every epoch as it comes
+(what any choice, the number of epochs say, should be made on; Ctrl-C keeps them
+and ends with one line) and the test accuracy once, at the end (``--val_images 0``:
+train on everything, no validation).
+
+The data: ``--data_path``, or the checkpoint's (said in a printed line); the JSON
+names the absolute path, where it came from and its images.  Training images
+must have labels (STL-10's labelled ``train`` split, not ``train+unlabeled``) of
+at least two classes: on one class any classifier scores 1.0.
 
 Works with our checkpoints (which carry the model's configuration and the
 normalization statistics used in pretraining) and with the official ones
 (``{'model': state_dict}``: give ``--model``, or it is inferred from the
-shapes; ImageNet statistics).  ``--checkpoint random`` evaluates a randomly
+shapes; ImageNet statistics); a ``--model`` that is not our checkpoint's is refused.  ``--checkpoint random`` evaluates a randomly
 initialized encoder, the baseline every number should beat; with
 ``finetune`` it is the paper's "trained from scratch" baseline: a ViT of the
 architecture ``--model`` (give the pretrained one's), trained on the same
@@ -61,12 +69,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 import torch
 from torch.utils.data import DataLoader
 
 from . import data as D
+from .archives import data_cache_dir
 from .cli_checks import OneLineParser, check_device, check_number, check_whole, one_line, refuse
 from .data_error import DataError
 from .features import POOLS, extract_features, load_encoder
@@ -175,11 +185,52 @@ def _check_features(feats: torch.Tensor, split: str) -> None:
                          "accuracy can be computed; the checkpoint's weights overflow on these images")
 
 
+def _data_path(args, enc, dataset: str) -> tuple[str | None, str]:
+    """The data path evaluation reads, absolute (so the JSON names the folder whatever the
+    current one), and where it came from: ``--data_path``, the ``checkpoint``, or none:
+    torchvision's ``download`` (into its cache folder) or ``generated`` (the offline photos)."""
+    if args.data_path is not None:
+        return os.path.abspath(os.path.expanduser(args.data_path)), "--data_path"
+    if enc.data_path and dataset == enc.dataset:
+        if not os.path.isabs(os.path.expanduser(enc.data_path)):
+            # Relative to the folder pretraining ran in, which the checkpoint does not say: read from
+            # here it could be another folder's data.
+            refuse(f"{args.checkpoint} names its data by the relative path {enc.data_path!r}, whose folder it does "
+                   "not record; give --data_path")
+        return enc.data_path, "checkpoint"
+    return None, "download" if dataset in ("cifar10", "stl10") else "generated"
+
+
+def _labels(ds) -> list | None:
+    """The labels of ``ds`` without decoding an image (``None`` where it cannot tell)."""
+    if isinstance(ds, torch.utils.data.Subset):
+        labels = _labels(ds.dataset)
+        return None if labels is None else [labels[i] for i in ds.indices]
+    for obj in (ds, getattr(ds, "base", None)):
+        for name in ("targets", "labels"):  # ImageFolder, CIFAR-10, the photos; STL-10
+            if getattr(obj, name, None) is not None:
+                return [int(y) for y in getattr(obj, name)]
+    return None
+
+
+def _check_labels(labels, classes, after: str) -> None:
+    """Refuse training images without labels (-1) or all of one class: every classifier scores
+    1.0 on one class, so its accuracy would measure nothing."""
+    if labels is not None and labels and min(labels) < 0:
+        refuse(f"{sum(y < 0 for y in labels)} of the training images{after} are unlabelled (label {min(labels)}); "
+               "evaluation needs labelled images")
+    present = sorted(set(labels)) if labels is not None else range(len(classes)) if classes else None
+    if present is not None and len(present) < 2:
+        name = f" ({classes[present[0]]!r})" if classes and present and present[0] < len(classes) else ""
+        refuse(f"the training images{after} are all of one class{name}: any classifier scores 1.0 there, so the "
+               "accuracy would measure nothing; give a data set of at least 2 classes")
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     """Run one evaluation from parsed ``args``; returns the result dict the CLI prints.
 
     Flags are checked first (:func:`check_args`), then the checkpoint (non-finite
-    weights are refused), then the class folders, before any image is decoded.
+    weights are refused), then the class folders and labels, before any image is decoded.
     """
     check_args(args)
     enc = load_encoder(args.checkpoint, args.model, args.input_size,
@@ -187,7 +238,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     dataset = args.dataset
     if dataset == "auto":
         dataset = enc.dataset or ("imagefolder" if args.data_path else "photos")
-    data_path = args.data_path if args.data_path is not None else (enc.data_path if dataset == enc.dataset else None)
+    data_path, data_from = _data_path(args, enc, dataset)
     if enc.source == "random":
         info = D.dataset_info(dataset)
         enc.mean, enc.std = info.mean, info.std
@@ -209,31 +260,51 @@ def evaluate(args: argparse.Namespace) -> dict:
                               pin_memory=pin, drop_last=shuffle and len(ds) > args.batch_size,
                               generator=torch.Generator().manual_seed(args.seed))
 
-    train_raw = D.build_dataset(dataset, "train", data_path, transform=t_eval)
+    def build(split, transform, classes=None):
+        try:  # the training split: labelled images only (STL-10's train, not train+unlabeled)
+            return D.build_dataset(dataset, split, data_path, transform=transform, classes=classes, labelled=True)
+        except DataError as e:
+            if data_from == "checkpoint":
+                raise DataError(f"{e} (the data path comes from the checkpoint {args.checkpoint}; give "
+                                "--data_path)") from e
+            raise
+
+    train_raw = build("train", t_eval)
     classes = getattr(train_raw, "classes", None)
     # The test split is labelled with the train split's class -> index map.
-    test_raw = D.build_dataset(dataset, "test", data_path, transform=t_eval, classes=classes)
+    test_raw = build("test", t_eval, classes)
     missing = getattr(getattr(test_raw, "base", None), "missing_classes", [])
     train_ds, train_loader = loader(train_raw, limit=args.max_train)
     test_ds, test_loader = loader(test_raw, limit=args.max_test)
+    after = " (after --max_train)" if args.max_train else ""
     # The validation images are needed by --tune and by finetune; refuse a split that leaves nothing to train on
     # now, before any image is decoded.  Without --val_images the number follows the training split's size.
     uses_val = args.tune or args.mode == "finetune"
-    after = " (after --max_train)" if args.max_train else ""
     val_images = args.val_images
     if val_images is None:
         val_images = default_val_images(len(train_ds))
         if args.tune and val_images == 0:
             refuse(f"--tune needs at least 2 training images, one to hold out and one to train on: the training "
                    f"split has {len(train_ds)}{after}")
-        if uses_val:
-            print(f"validation split: {val_images} of the {len(train_ds)} training images{after} held out "
-                  f"(1/{VAL_PART}, at most {VAL_MAX}; --val_images N sets the number, 0 holds out none)",
-                  flush=True)
     elif uses_val and val_images >= len(train_ds):
         refuse(f"--val_images {val_images} leaves nothing to train on: the training split has {len(train_ds)} "
                f"images{after}; use at most {len(train_ds) - 1}, or --val_images 0 to hold out none")
+    fit = len(train_ds) - (val_images if args.tune else 0)
+    if args.mode == "linprobe" and fit < 2:  # else every probe stays untrained and --tune "chooses" among equals
+        held = f", {val_images} held out for --tune" if args.tune else ""
+        refuse(f"the linear probe would train on {fit} image(s) ({len(train_ds)} training images{after}{held}); "
+               "its BatchNorm needs at least 2" + ("; lower --val_images" if args.tune else ""))
+    _check_labels(_labels(train_ds), classes, after)
+    # Said once every check has passed: what is printed before the JSON describes a run that goes ahead.
+    if data_from == "checkpoint":
+        print(f"data: {data_path}, from the checkpoint (--data_path reads other data)", flush=True)
+    if args.val_images is None and uses_val:
+        print(f"validation split: {val_images} of the {len(train_ds)} training images{after} held out "
+              f"(1/{VAL_PART}, at most {VAL_MAX}; --val_images N sets the number, 0 holds out none)", flush=True)
     result = {"mode": args.mode, "checkpoint": str(args.checkpoint), "source": enc.source, "dataset": dataset,
+              "data_path": str(data_cache_dir() / dataset) if data_from == "download" else data_path,
+              "data_path_from": data_from,
+              "data_images": {"train": len(train_raw), "test": len(test_raw)},
               "pool": args.pool, "input_size": size, "train_images": len(train_ds), "test_images": len(test_ds)}
     if missing:
         result["classes_without_test_images"] = missing
@@ -241,6 +312,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.mode in ("knn", "linprobe"):
         ftr, ytr = extract_features(model, train_loader, args.pool, args.device, precision, progress, "train")
         _check_features(ftr, "train")
+        _check_labels(ytr.tolist(), classes, after)  # where the data set could not tell before decoding
         fte, yte = extract_features(model, test_loader, args.pool, args.device, precision, progress, "test")
         _check_features(fte, "test")
         num_classes = len(classes) if classes else int(max(ytr.max(), yte.max())) + 1
@@ -259,8 +331,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         if num_classes is None:
             raise ValueError("cannot tell the number of classes of this data set")
         t_train = finetune_transform(size, enc.mean, enc.std)
-        train_aug = D.subset(D.build_dataset(dataset, "train", data_path, transform=t_train), args.max_train,
-                             seed=args.seed)
+        train_aug = D.subset(build("train", t_train), args.max_train, seed=args.seed)
         evaluated = D.subset(train_raw, args.max_train, seed=args.seed)  # the same images, without augmentation
         tr, va = split_train_val(len(train_aug), val_images, seed=args.seed)
         fit_ds = torch.utils.data.Subset(train_aug, tr)
@@ -273,12 +344,25 @@ def evaluate(args: argparse.Namespace) -> dict:
                                     num_workers=args.num_workers, pin_memory=pin)
         layer_decay = args.layer_decay if args.layer_decay is not None else (
             1.0 if enc.source == "random" else 0.75)
-        res = finetune(model, fit_loader, test_loader, num_classes, epochs=10 if args.epochs is None else args.epochs,
-                       blr=1e-3 if args.blr is None else args.blr,
-                       weight_decay=0.05 if args.weight_decay is None else args.weight_decay, pool=args.pool,
-                       device=args.device, precision=precision, seed=args.seed, progress=progress,
-                       layer_decay=layer_decay, drop_path=args.drop_path, smoothing=args.smoothing,
-                       trainable_blocks=args.trainable_blocks, val_loader=val_loader, return_details=True)
+        epochs, seen = 10 if args.epochs is None else args.epochs, []
+
+        def said(epoch, acc):  # printed as it comes: a Ctrl-C later loses none of it
+            seen.append(acc)
+            print(f"finetune epoch {epoch + 1}/{epochs}: validation accuracy {acc:.4f}", flush=True)
+
+        try:
+            res = finetune(model, fit_loader, test_loader, num_classes, epochs=epochs,
+                           blr=1e-3 if args.blr is None else args.blr,
+                           weight_decay=0.05 if args.weight_decay is None else args.weight_decay, pool=args.pool,
+                           device=args.device, precision=precision, seed=args.seed, progress=progress,
+                           layer_decay=layer_decay, drop_path=args.drop_path, smoothing=args.smoothing,
+                           trainable_blocks=args.trainable_blocks, val_loader=val_loader, return_details=True,
+                           on_epoch=said)
+        except KeyboardInterrupt:
+            done = (f"; the validation accuracies of the {len(seen)} epoch{'s' * (len(seen) > 1)} done are printed "
+                    "above") if seen else ""
+            raise KeyboardInterrupt(f"interrupted in fine-tuning epoch {len(seen) + 1} of {epochs}, before the "
+                                    f"test accuracy{done}") from None
         acc = res.pop("accuracy")
         result.update(res, tuned=False, train_images=len(tr), val_images=len(va),
                       augmentation="RandomResizedCrop(0.2-1) + flip + RandAugment(2, 9)")
@@ -297,6 +381,10 @@ def main(argv=None) -> int:
     except (DataError, OSError, ValueError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback; 130 is the shell's code for it
+        print(f"error: {one_line(e) if str(e) else 'interrupted before the accuracy was computed'}",
+              file=sys.stderr, flush=True)
+        return 130
     print(line, flush=True)
     return 0
 

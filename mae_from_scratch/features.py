@@ -31,7 +31,8 @@ def load_encoder(checkpoint: str | None, model: str | None = None, input_size: i
     :func:`~mae_from_scratch.checkpoint.load_encoder_checkpoint`), or with
     ``'random'`` (or no checkpoint) a randomly initialized ``model``: the baseline.
 
-    ``input_size`` other than the pretraining one regenerates the sin-cos positions.
+    ``input_size`` other than the pretraining one regenerates the sin-cos positions.  Our
+    checkpoints carry their architecture: a ``model`` of another one is refused, not ignored.
     """
     if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
                                    or input_size < 1):
@@ -47,7 +48,17 @@ def load_encoder(checkpoint: str | None, model: str | None = None, input_size: i
         m = create_model(name, **({"img_size": input_size} if input_size is not None else {}))
         info = D.dataset_info(dataset or "photos")
         return Encoder(m, info.mean, info.std, dataset, None, "random")
-    return load_encoder_checkpoint(checkpoint, model, input_size)
+    enc = load_encoder_checkpoint(checkpoint, model, input_size)
+    if model is not None and enc.source == "ours":
+        held = enc.model.config
+        with torch.device("meta"):  # only the configuration; the loss target plays no part in the features
+            asked = create_model(model, img_size=held.img_size, norm_pix_loss=held.norm_pix_loss).config
+        if asked != held:
+            raise ValueError(f"--model {model} does not match {checkpoint}, which holds a model of width "
+                             f"{held.embed_dim}, depth {held.depth} and patch {held.patch_size} (width "
+                             f"{asked.embed_dim}, depth {asked.depth} and patch {asked.patch_size} were asked for); "
+                             "our checkpoints carry their architecture, so leave --model out")
+    return enc
 
 
 # ----------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ def finetune(encoder: MaskedAutoencoderViT, train_loader, test_loader, num_class
              blr: float = 1e-3, weight_decay: float = 0.05, warmup_epochs: float = 1.0, pool: str = "cls",
              device="cpu", precision=None, seed: int = 0, progress: bool = False, *, layer_decay: float = 0.75,
              drop_path: float = 0.1, smoothing: float = 0.1, trainable_blocks: int | None = None,
-             val_loader=None, min_lr: float = 1e-6, return_details: bool = False):
+             val_loader=None, min_lr: float = 1e-6, return_details: bool = False, on_epoch=None):
     """Fine-tune encoder + linear head with the paper's recipe; return the test accuracy.
 
     The recipe (He et al. 2021, appendix A.1), scaled down:
@@ -134,7 +134,9 @@ def finetune(encoder: MaskedAutoencoderViT, train_loader, test_loader, num_class
     trains that one without layer decay (``layer_decay=1``).
 
     ``val_loader`` (held-out *training* images) is scored after every epoch,
-    ``test_loader`` once, at the end (``None``: not scored).  Returns the test
+    ``test_loader`` once, at the end (``None``: not scored); ``on_epoch(epoch, val_accuracy)``,
+    when given, hears each validation accuracy as it comes, so that a run stopped part-way
+    (Ctrl-C) has told what it measured.  Returns the test
     accuracy, or with ``return_details=True`` a dict: ``accuracy``,
     ``val_accuracy`` (one per epoch, empty without ``val_loader``), ``epochs``
     and the recipe's settings.
@@ -176,6 +178,8 @@ def finetune(encoder: MaskedAutoencoderViT, train_loader, test_loader, num_class
                            where=f"fine-tuning epoch {epoch}, step {i}")
             if val_loader is not None:
                 val_accuracy.append(_accuracy(model, val_loader, device, precision))
+                if on_epoch is not None:
+                    on_epoch(epoch, val_accuracy[-1])
         acc = None if test_loader is None else _accuracy(model, test_loader, device, precision)
     finally:
         encoder.set_drop_path(0.0)  # back to the default model

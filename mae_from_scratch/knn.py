@@ -59,14 +59,21 @@ def knn_evaluation(train_feats, train_labels, test_feats, test_labels, k: int = 
     The test features and labels are not touched before that choice.
 
     Returns ``{"accuracy", "k", "temperature", "tuned"}`` plus, when tuned,
-    ``"val_accuracy"`` (``{str(k): accuracy}``), ``"val_images"`` and ``"grid"``.
+    ``"val_accuracy"`` (``{str(k): accuracy}``), ``"val_images"`` and ``"grid"``.  ``"k"`` is
+    the number of neighbours that voted: a ``k`` above the number of training images is cut to it,
+    and ``"k_clipped_from"`` holds the ``k`` asked for (or chosen).  When every ``k`` in ``grid``
+    scores the same on the validation split, nothing was chosen: ``"tuned"`` is false, the given
+    ``k`` is used and ``"why_not_tuned"`` says so.
     """
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
     result = {"tuned": bool(tune)}
     if tune:
-        k = _tune_on_val(result, train_labels, grid, val_images, seed, lambda tr, va, c: knn_accuracy(
-            train_feats[tr], train_labels[tr], train_feats[va], train_labels[va], c, temperature, num_classes))
+        chosen = _tune_on_val(result, train_labels, grid, val_images, seed, lambda tr, va, c: knn_accuracy(
+            train_feats[tr], train_labels[tr], train_feats[va], train_labels[va], c, temperature, num_classes),
+            "k", k)
+        k = k if chosen is None else chosen
     acc = knn_accuracy(train_feats, train_labels, test_feats, test_labels, k, temperature, num_classes)
-    result.update(k=k, temperature=temperature, accuracy=acc)
+    used = min(k, train_feats.shape[0])  # what knn_predict lets vote
+    result.update(k=used, **({"k_clipped_from": k} if used != k else {}), temperature=temperature, accuracy=acc)
     return result
 

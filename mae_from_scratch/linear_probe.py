@@ -43,8 +43,12 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, num_classes
     """Train :class:`LinearProbe` on frozen features and return the test accuracy.
 
     SGD (momentum 0.9), ``lr = blr * batch_size / 256``, cosine schedule over
-    ``epochs``, cross-entropy.  Deterministic for a given ``seed``.
+    ``epochs``, cross-entropy.  Deterministic for a given ``seed``.  Fewer than two training
+    features are refused: the BatchNorm needs two per batch, so the probe would never train.
     """
+    if train_feats.shape[0] < 2:
+        raise ValueError(f"the linear probe needs at least 2 training images (its BatchNorm normalizes over a "
+                         f"batch), got {train_feats.shape[0]}")
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -89,15 +93,17 @@ def linear_probe_evaluation(train_feats, train_labels, test_feats, test_labels, 
     training features, scored once on the test split.
 
     Returns ``{"accuracy", "blr", "epochs", "tuned"}`` plus, when tuned,
-    ``"val_accuracy"`` (``{str(blr): accuracy}``), ``"val_images"`` and ``"grid"``.
+    ``"val_accuracy"`` (``{str(blr): accuracy}``), ``"val_images"`` and ``"grid"``; as there,
+    a grid that scores the same everywhere chooses nothing (``"tuned"`` false, the given ``blr``).
     """
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
     probe_args = dict(num_classes=num_classes, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay,
                       seed=seed, device=device)
     result = {"tuned": bool(tune)}
     if tune:
-        blr = _tune_on_val(result, train_labels, grid, val_images, seed, lambda tr, va, c: linear_probe(
-            train_feats[tr], train_labels[tr], train_feats[va], train_labels[va], blr=c, **probe_args))
+        chosen = _tune_on_val(result, train_labels, grid, val_images, seed, lambda tr, va, c: linear_probe(
+            train_feats[tr], train_labels[tr], train_feats[va], train_labels[va], blr=c, **probe_args), "blr", blr)
+        blr = blr if chosen is None else chosen
     acc = linear_probe(train_feats, train_labels, test_feats, test_labels, blr=blr, **probe_args)
     result.update(blr=blr, epochs=epochs, accuracy=acc)
     return result

@@ -44,8 +44,11 @@ Exact resume: all randomness is a function of ``(seed, epoch, sample index)``
 ``(seed, epoch)``), and a checkpoint stores the position inside the epoch.  So
 on a CPU a run that is killed and resumed ends with exactly the weights of a
 run that was not, whatever the number of data-loader workers.  A resume keeps
-the ``--seed``, ``--loader`` and ``--max_images`` of the run it continues: left
-out, they come from the checkpoint; given with another value, they are refused.
+what defines the run it continues (its data, seed, loader, mask ratio, target,
+learning rate and effective batch; see
+:data:`~mae_from_scratch.run_config.KEPT_ON_RESUME`): left out, they come from the
+checkpoint; given with another value, they are refused.  ``run.json`` gives each
+segment its command and what it changed (more epochs, say).
 """
 
 from __future__ import annotations
@@ -70,8 +73,8 @@ from .model import create_model
 from .optim import build_optimizer, lr_at
 from .precision import choose_precision
 from .run_config import (
-    RunConfig, check_args, derive_settings, initial_config, kept_from_checkpoint, model_of,
-    read_resume_checkpoint,
+    RunConfig, check_args, check_resumed_batch, check_resumed_images, derive_settings, initial_config,
+    kept_from_checkpoint, model_of, read_resume_checkpoint,
 )
 from .pretrain_data import PretrainData, build_pretrain_data
 from .run_folder import (
@@ -116,8 +119,11 @@ def _pretrain(config: RunConfig, ckpt: dict | None, dist_info: DistInfo, device:
               command: str) -> PretrainResult:
     precision = choose_precision(device, config.precision)
     config = derive_settings(config, dist_info.world_size, device, precision.name)
+    saved = ckpt["args"] if ckpt is not None and isinstance(ckpt["args"], dict) else {}
+    check_resumed_batch(config, saved)  # before the model and data are built
     model, optimizer, scaler = build_model_and_optimizer(config, ckpt, device, precision)
     config, data = build_data(config, model, dist_info, device, ckpt)
+    check_resumed_images(config, saved)
     run = PretrainRun(config, model, optimizer, scaler, precision, data, dist_info, device)
     if ckpt is not None:
         run.resume(ckpt)

@@ -8,10 +8,11 @@ the run, and where each came from:
 ``asked``       given on the command line, or as a keyword to ``pretrain``;
 ``preset``      set by ``--preset`` and not asked for;
 ``default``     the flag's default;
-``checkpoint``  taken from the checkpoint a resumed run continues (its seed, loader,
-                image subset and, unless given, its data);
+``checkpoint``  taken from the checkpoint a resumed run continues (what defines the run,
+                :data:`KEPT_ON_RESUME`, its data, epochs and batch), where not given;
 ``derived``     computed from the others: the absolute data path, the data set
-                behind ``--dataset auto``, the image size, the learning rate from
+                behind ``--dataset auto``, the image size (the model's, unless
+                given: a preset's goes with the preset's model), the learning rate from
                 ``--blr``, the effective batch, the precision, the loader chosen by
                 ``--loader auto``, the normalization statistics.
 
@@ -190,8 +191,6 @@ def check_args(args) -> None:
         refuse("--resume and --overwrite contradict each other; give one of them")
 
 
-
-
 # ----------------------------------------------------------------------------------
 # The frozen configuration
 @dataclass(frozen=True)
@@ -279,6 +278,10 @@ def initial_config(args: argparse.Namespace | None, argv, kwargs) -> RunConfig:
         values.setdefault(name, default)  # namespaces made by older code lack these
     preset = get_preset(values["preset"]).args if values.get("preset") else {}
     sources = {n: "asked" if n in asked else "preset" if n in preset else "default" for n in values}
+    if sources["model"] == "asked" and sources["input_size"] == "preset" and values["model"] != preset["model"]:
+        # The preset's image size is its model's: another model takes its own (ViT-B/16 at the
+        # CIFAR presets' 32 px would see 2 x 2 patches).
+        values["input_size"], sources["input_size"] = None, "default"
     return RunConfig(values, sources)
 
 
@@ -311,11 +314,10 @@ def model_of(ckpt: dict) -> str:
     return str(name) if name else "weights of another model"
 
 
-
 def read_resume_checkpoint(path: str, config, auto: bool) -> dict:
     """The checkpoint to continue from, checked to be a training checkpoint of the model asked for.
 
-    What the run takes from it (seed, loader, images, data) is
+    What the run takes from it (what defines the run, its data, epochs and batch) is
     :func:`~mae_from_scratch.run_config.kept_from_checkpoint`'s business.
     """
     ckpt = load_training_checkpoint(path)  # refuses unreadable and weights-only files
@@ -331,35 +333,113 @@ def read_resume_checkpoint(path: str, config, auto: bool) -> dict:
     return ckpt
 
 
-# What a resumed run takes from its checkpoint unless asked otherwise: the seed and the loader fix
-# the shuffle, the augmentation and the masks, and max_images the training images.
+# What defines a run.  A resume continues the run it resumes, so each of these comes from its
+# checkpoint: left out, the checkpoint's value is taken; asked for with another value, the resume is
+# refused, naming what the change would do.  The data (kept_from_checkpoint) and the effective batch
+# (check_resumed_batch) are checked apart; the model and image size by the checkpoint's weights.
 KEPT_ON_RESUME = {"seed": "shuffle, augmentation and masks", "loader": "augmentation",
-                  "max_images": "training images"}
+                  "max_images": "training images", "num_photos": "training images", "mask_ratio": "masks",
+                  "norm_pix_loss": "reconstruction target", "blr": "learning rate", "lr": "learning rate",
+                  "min_lr": "learning-rate schedule", "warmup_epochs": "learning-rate schedule",
+                  "weight_decay": "weight decay", "clip_grad": "gradient clipping"}
+# Taken from the checkpoint when left out, but free to change: more epochs extend a run (run.json's
+# segment records the change), and another split of the same effective batch trains the same run.
+FOLLOWED_ON_RESUME = ("epochs", "batch_size", "accum_iter")
 
 
 def _show(name: str, value) -> str:
-    return "every image (no --max_images)" if name == "max_images" and value is None else f"--{name} {value}"
+    if value is None:
+        return "every image (no --max_images)" if name == "max_images" else f"no --{name}"
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no_{name}"
+    return f"--{name} {value}"
+
+
+def _and(items) -> str:
+    items = list(dict.fromkeys(items))  # in order, once each
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _refuse_changes(path: str, changes: list, auto: bool) -> None:
+    """One line naming every setting asked for that differs from the checkpoint's: ``(name, theirs, mine)``."""
+    def show(name, value):  # the data comes shown already
+        return value if name == "data" else _show(name, value)
+
+    theirs = _and(show(n, t) for n, t, _ in changes)
+    mine = _and(show(n, m) for n, _, m in changes)
+    what = KEPT_ON_RESUME.get(changes[0][0], "training images")
+    flags = _and("--dataset and --data_path" if n == "data" else _show(n, m) if isinstance(m, bool) else f"--{n}"
+                 for n, _, m in changes)
+    given = " ".join(show(n, t) for n, t, _ in changes if t is not None)
+    new = "choose another --output_dir for a new run" if auto else "drop --resume to start a new run"
+    change = f"was asked for, which would change the run's {what}" if len(changes) == 1 else \
+        "were asked for, which would make it another run"
+    refuse(f"{path} was trained with {theirs}, but {mine} {change}; leave {flags} out"
+           + (f" (or give {given})" if given else "") + f" to continue it, or {new}")
+
+
+def _data(dataset, data_path) -> str:
+    return f"--dataset {dataset}" + (f" --data_path {data_path}" if data_path else "")
 
 
 def kept_from_checkpoint(path: str, config: RunConfig, saved: dict, auto: bool) -> RunConfig:
-    """A resume continues the run it resumes: the checkpoint's seed, loader and image subset
-    replace those not asked for, and one asked for that differs is refused.  ``--loader
-    auto`` asks for no loader in particular; the checkpoint holds the one auto chose.
-    Without ``--data_path`` the run reads the data its checkpoint was trained on."""
-    kept = {}
-    for name, what in KEPT_ON_RESUME.items():
+    """A resume continues the run it resumes: the checkpoint's settings of :data:`KEPT_ON_RESUME` and
+    :data:`FOLLOWED_ON_RESUME` replace those not asked for, and a setting of :data:`KEPT_ON_RESUME` asked
+    for with another value is refused (every such one in one line).  ``--loader auto`` asks for no
+    loader in particular; the checkpoint holds the one auto chose.  Without ``--data_path`` (and
+    ``--dataset``) the run reads the data its checkpoint was trained on; other data is refused, unless
+    the checkpoint's path is gone (the data moved) and the data set is the same: then run.json's
+    segment records the new path, and :func:`check_resumed_images` checks its size."""
+    kept, changes = {}, []
+    for name in (*KEPT_ON_RESUME, *FOLLOWED_ON_RESUME):
         if name not in saved or (name == "loader" and saved[name] not in LOADERS[1:]):
             continue  # written before it was saved (or before the loader was resolved)
         mine, theirs = config.values.get(name), saved[name]
         if mine == theirs:
             continue
-        if config.sources.get(name) == "asked" and not (name == "loader" and mine == "auto"):
-            keep = f"leave --{name} out" + (f" (or give {_show(name, theirs)})" if theirs is not None else "")
-            new = "choose another --output_dir for a new run" if auto else "drop --resume to start a new run"
-            refuse(f"{path} was trained with {_show(name, theirs)}, but {_show(name, mine)} was asked for, which "
-                   f"would change the run's {what}; {keep} to continue it, or {new}")
-        kept[name] = theirs
-    if config.data_path is None and config.dataset == "auto" and saved.get("data_path"):
-        kept["data_path"] = saved["data_path"]
-        kept["dataset"] = saved.get("dataset", "auto") if saved.get("dataset") in D.DATASETS else "auto"
+        if config.sources.get(name) != "asked" or (name == "loader" and mine == "auto"):
+            kept[name] = theirs
+        elif name in KEPT_ON_RESUME and (name != "num_photos" or saved.get("dataset") == "photos"):
+            changes.append((name, theirs, mine))
+    theirs_ds, theirs_path = saved.get("dataset"), saved.get("data_path")
+    if theirs_ds in D.DATASETS:
+        mine_ds = theirs_ds if config.dataset == "auto" else config.dataset
+        mine_path = theirs_path if config.data_path is None else os.path.abspath(os.path.expanduser(config.data_path))
+        moved = theirs_path is not None and not os.path.exists(theirs_path) and mine_ds == theirs_ds
+        if mine_ds != theirs_ds or (mine_path != theirs_path and not moved):
+            changes.append(("data", _data(theirs_ds, theirs_path), _data(mine_ds, mine_path)))
+        if config.dataset == "auto":
+            kept["dataset"] = theirs_ds
+        if config.data_path is None and theirs_path is not None:
+            kept["data_path"] = theirs_path
+    elif config.data_path is None and config.dataset == "auto" and theirs_path:
+        kept.update(data_path=theirs_path, dataset="auto")  # written before the data set was resolved
+    if changes:
+        _refuse_changes(path, changes, auto)
     return config.from_checkpoint(**kept)
+
+
+def check_resumed_batch(config: RunConfig, saved: dict) -> None:
+    """The effective batch of a resumed run is its checkpoint's (another split of it over
+    ``--batch_size``, ``--accum_iter`` and processes is the same run): it sets the steps per epoch,
+    which the logs and the checkpoints count in."""
+    theirs = saved.get("effective_batch")
+    if theirs is None or theirs == config.effective_batch:
+        return
+    split = f"{saved.get('batch_size')} x {saved.get('accum_iter', 1)} accum x {saved.get('world_size', 1)} processes"
+    refuse(f"{config.resume} was trained with an effective batch of {theirs} images ({split}), but this resume "
+           f"makes {config.effective_batch} ({config.batch_size} x {config.accum_iter} accum x {config.world_size} "
+           f"processes), which would change the run's steps per epoch; give --batch_size and --accum_iter that make "
+           f"{theirs} (or leave them out) to continue it, or choose another --output_dir for a new run")
+
+
+def check_resumed_images(config: RunConfig, saved: dict) -> None:
+    """The data a resumed run reads holds as many images as its checkpoint's did (a folder that
+    gained or lost images, or moved data that is not the same, is another data set)."""
+    theirs = saved.get("num_images")
+    if theirs is None or theirs == config.num_images:
+        return
+    where = config.data_path or f"the {config.dataset} data"
+    refuse(f"{config.resume} was trained on {theirs} images, but {where} now gives {config.num_images}: the data "
+           "changed, so the run would continue on other images; give the data it was trained on to continue it, "
+           "or choose another --output_dir for a new run")

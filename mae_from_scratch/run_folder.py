@@ -43,13 +43,13 @@ def check_output_dir(out: Path | None) -> None:
         refuse(f"--output_dir {out} cannot be written ({parent} is not writable); choose another --output_dir")
 
 
-def _holds_run(out: Path | None) -> bool:
+def holds_run(out: Path | None) -> bool:
     return out is not None and out.is_dir() and any((out / n).is_file() for n in (LAST_CHECKPOINT, EPOCH_LOG))
 
 
 def check_not_overwriting(args, out: Path | None) -> None:
     """A folder that holds a run is continued (--auto_resume, --resume) or explicitly replaced (--overwrite)."""
-    if not _holds_run(out) or args.auto_resume or args.resume or args.overwrite:
+    if not holds_run(out) or args.auto_resume or args.resume or args.overwrite:
         return
     what = f"{LAST_CHECKPOINT}" if (out / LAST_CHECKPOINT).is_file() else EPOCH_LOG
     refuse(f"--output_dir {out} already holds a run ({what}); continue it with --auto_resume, "

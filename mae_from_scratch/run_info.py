@@ -5,7 +5,10 @@ it: the hardware and software it ran on, the code (git commit), the exact comman
 and flags, the data, and how long it took.  :class:`RunInfo` writes that into
 ``run.json`` in the output folder when the run starts and rewrites it (atomically)
 at every epoch end, so a run that is killed still leaves an honest account of how
-far it got.  A resumed run adds a segment to the same ``run.json``.
+far it got.  A resumed run adds a segment to the same ``run.json``, with its own
+command and every setting it changed (a resume refuses changes to what defines
+the run, see :data:`~mae_from_scratch.run_config.KEPT_ON_RESUME`, but may extend
+the epochs or move to another device, say).
 
 Not to be confused with ``recording.json``, which ``tools/record_run.py`` writes
 beside a copy of ``run.json`` when it records a run for the book (see
@@ -120,6 +123,10 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+# How a segment was started rather than what it trained with: its command says these.
+_HOW_STARTED = ("resume", "auto_resume")
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -128,7 +135,11 @@ class RunInfo:
     """``OUTPUT_DIR/run.json``, kept up to date while the run goes; :attr:`info` holds it.
 
     ``segments`` holds one entry per process that trained in the folder (the first
-    run and each resume), each with its own wall and CPU time; the totals sum them.
+    run and each resume), each with its own command, wall and CPU time, and from the
+    second on ``changed``: ``{setting: [before, after]}`` for every setting that differs
+    from the segment before.  ``command`` is the one that started the run; ``args`` and
+    ``config`` are the settings now (the last segment's), which its checkpoints hold.
+    The totals sum the segments.
     """
 
     def __init__(self, folder: Path | str | None, enabled: bool = True):
@@ -145,6 +156,7 @@ class RunInfo:
         :meth:`~mae_from_scratch.run_config.RunConfig.as_record`."""
         if not self.enabled:
             return
+        command = command if command is not None else " ".join(sys.argv)
         old = {}
         if resumed and self.path.is_file():
             try:
@@ -155,7 +167,7 @@ class RunInfo:
             "started": old.get("started", _now()),
             "hardware": hardware(device),
             "git_commit": git_commit(),
-            "command": command if command is not None else " ".join(sys.argv),
+            "command": old.get("command", command),
             "preset": args.get("preset"),
             "seed": args.get("seed"),
             "args": args,
@@ -167,9 +179,14 @@ class RunInfo:
         }
         if note:
             self.info["note"] = note
-        self.info["segments"].append({"started": _now(), "wall_s": 0.0, "cpu_s": 0.0, "images": 0,
-                                        "git_commit": self.info["git_commit"],
-                                        "hardware": self.info["hardware"]["summary"]})
+        segment = {"started": _now(), "command": command, "wall_s": 0.0, "cpu_s": 0.0, "images": 0,
+                   "git_commit": self.info["git_commit"], "hardware": self.info["hardware"]["summary"]}
+        if self.info["segments"]:
+            self.info["segments"][0].setdefault("command", old.get("command"))  # written before segments had one
+            before = old.get("args", {})
+            segment["changed"] = {k: [before.get(k), args.get(k)] for k in sorted({*before, *args})
+                                  if k not in _HOW_STARTED and before.get(k) != args.get(k)}
+        self.info["segments"].append(segment)
         self._write()
 
     def update(self, *, epochs_run: int, images: int, finished: bool = False, **extra) -> None:

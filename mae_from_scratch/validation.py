@@ -67,11 +67,17 @@ def _key(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _tune_on_val(result: dict, train_labels, grid, val_images: int | None, seed: int, score):
+def _tune_on_val(result: dict, train_labels, grid, val_images: int | None, seed: int, score,
+                 name: str = "value", fixed=None):
     """Hold ``val_images`` training images out (:func:`split_train_val`; ``None``: the
     :func:`default_val_images`), score every candidate in ``grid`` with
     ``score(train_idx, val_idx, candidate)``, record the scores in ``result`` and return the
-    best candidate (:func:`choose_on_val`)."""
+    best candidate (:func:`choose_on_val`).
+
+    When every candidate scores the same, the validation split cannot tell them apart and the
+    first one would be "chosen" by its place in the grid alone: then ``None`` is returned,
+    ``result["tuned"]`` is false and ``result["why_not_tuned"]`` says that the ``fixed`` value
+    of ``name`` is used instead."""
     if val_images is None:
         val_images = default_val_images(len(train_labels))
     tr, va = split_train_val(len(train_labels), val_images, seed)
@@ -80,4 +86,10 @@ def _tune_on_val(result: dict, train_labels, grid, val_images: int | None, seed:
     tr, va = torch.tensor(tr), torch.tensor(va)
     chosen, scores = choose_on_val(list(grid), lambda c: score(tr, va, c))
     result.update(val_accuracy={_key(c): a for c, a in scores.items()}, val_images=len(va), grid=list(grid))
+    if len(scores) > 1 and len(set(scores.values())) == 1:
+        result.update(tuned=False, why_not_tuned=(
+            f"every {name} in {list(grid)} scored {next(iter(scores.values())):.4g} on the {len(va)} validation "
+            f"image{'s' * (len(va) != 1)}, which cannot tell them apart; the fixed {name} {_key(fixed)} was used "
+            "(more validation images may separate them)"))
+        return None
     return chosen

@@ -11,10 +11,15 @@ kernel: every cell must run, and every ``# NBVAL_CHECK_OUTPUT`` cell must print 
 saved output says.  This is the chapters' one nbval run in ``make test``; ``make nbval``
 runs it in place on the development kernel.
 
-Chapters 8 and 9 find no CIFAR-10 here and train on the package's photos, as a reader
-offline does; the CIFAR-10 path runs in the graded student notebooks
-(``test_assignments.py``, which hand the archive to the grader).  A solved student notebook
-is a chapter plus its exercises' solutions and hidden checks, all graded there.
+The chapters run two at a time, each kernel on one thread (Colab's runtime gives torch its two
+cores; the saved outputs that nbval compares are the same on one thread).  Chapters 8 and 9
+find no CIFAR-10 here and train on the package's photos, as a reader offline does; their
+CIFAR-10 path runs where the book's saved outputs are made (``make notebooks``, with
+``../shared``'s archive), and ``test_workflow.py`` refuses a chapter whose saved outputs are
+older than its code.  A solved student notebook runs these very cells
+(``test_a_solved_submission_runs_the_chapter_itself``), so this run is also the solved
+submissions' run; ``test_assignments.py`` grades them again through the grader, chapters 8
+and 9 up to their exercises' last check.
 
 What they cannot show: Colab's own versions (Python 3.13, torch 2.11 and numpy 2.1 as of
 August 2026; here the machine's Python and torch, and numpy as pip resolves it), and its
@@ -44,8 +49,9 @@ COLAB_PACKAGES = ["numpy", "matplotlib", "pillow", "pandas", "scikit-learn", "ip
 NOT_IN_COLAB = ["myst_nb", "jupyter_book", "nbval", "pytest", "hypothesis", "transformers", "nbgrader"]
 CLOSED_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, every request fails at once
 
-# Slow; and kept on one test worker when run with pytest-xdist: they share one environment.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(name="colab")]
+# Slow, and they run notebooks (`make test` runs them after the others, one at a time); kept
+# on one test worker if run with pytest-xdist anyway: they share one environment.
+pytestmark = [pytest.mark.slow, pytest.mark.notebooks, pytest.mark.xdist_group(name="colab")]
 
 
 def _run(cmd, **kw):
@@ -119,17 +125,36 @@ def _colab_env(tmp_path: Path, jupyter_path: Path) -> dict:
     return env
 
 
-@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
-def test_the_chapter_passes_nbval_alone_in_an_empty_folder(colab_python, tmp_path, path):
-    content = tmp_path / "content"  # Colab's working folder, empty but for the notebook
-    content.mkdir()
+def _run_chapter(path: Path, python: Path, folder: Path) -> subprocess.CompletedProcess:
+    content = folder / "content"  # Colab's working folder, empty but for the notebook
+    content.mkdir(parents=True)
     shutil.copy(path, content / path.name)
-    env = _colab_env(tmp_path, _colab_kernel(tmp_path / "jupyter", colab_python))
+    env = _colab_env(folder, _colab_kernel(folder / "jupyter", python))
+    # Two chapters run side by side, each kernel on one thread: two cores kept busy.
+    env["OMP_NUM_THREADS"] = "1"
     # pytest and nbval run here; the notebook's kernel runs in the Colab-like environment.
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(content),
          "--nbval-lax", "--nbval-kernel-name", "colab", "--nbval-cell-timeout", "900", path.name],
         cwd=content, env=env, capture_output=True, text=True, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def chapter_runs(colab_python, tmp_path_factory) -> dict:
+    """Every chapter under nbval in the Colab-like environment, two at a time, the longest
+    (chapters 9 and 8) first: {chapter: the finished pytest process}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted(CHAPTERS, key=lambda p: p.stem, reverse=True)
+    folders = [tmp_path_factory.mktemp(p.stem) for p in paths]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = pool.map(lambda pf: _run_chapter(pf[0], colab_python, pf[1]), zip(paths, folders))
+        return {p.stem: run for p, run in zip(paths, runs)}
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_the_chapter_passes_nbval_alone_in_an_empty_folder(chapter_runs, path):
+    proc = chapter_runs[path.stem]
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0, f"{path.name} under nbval in the Colab-like environment:\n" + (
         proc.stdout[-6000:] + proc.stderr[-2000:])

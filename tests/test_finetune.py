@@ -257,7 +257,8 @@ def test_linprobe_tune_and_finetune_from_the_command_line(folder):
         assert r.returncode == 0, r.stderr[-3000:]
         return json.loads(r.stdout.strip().splitlines()[-1])
 
-    lin = run("linprobe", "--tune", "--val_images", "3", "--epochs", "5")
+    # 5 held out: on 3 or 4 every blr scores 1.0 and nothing is chosen (the result says "tuned": false)
+    lin = run("linprobe", "--tune", "--val_images", "5", "--epochs", "5")
     assert lin["tuned"] is True and set(lin["val_accuracy"]) == {"0.03", "0.1", "0.3"}
     best = max(lin["val_accuracy"].values())
     assert lin["val_accuracy"][_key(lin["blr"])] == best and lin["train_images"] == 12

@@ -32,6 +32,16 @@ run: hardware, commit, command, data, times), ``log.txt`` (per epoch),
 ``recon/epoch-NNNN.png``, ``mask_ratios.png``, ``attention.npz``, ``eval.json``
 and ``recording.json`` (what this script did: its arguments, its probe, how long
 each part took).  No checkpoint is copied; every file stays under 1 MB.
+
+A recording never mixes with an older one.  Before anything runs, the script
+refuses an ``--out`` that already holds a recorded run's files, and a ``--work``
+that holds a run (the engine's rule: ``checkpoint-last.pth`` or ``log.txt``), each
+with one line naming the folder; ``--overwrite`` replaces both.  The engine clears
+the old run in ``--work`` (its own ``--overwrite``), and the script deletes the old
+record's files from ``--out``: the files named above, one by one, not the folder
+with whatever is in it.  An ``--out`` that holds anything else is refused, with or
+without ``--overwrite``, so a mistyped ``--out`` (a parent folder, the repository)
+is refused, not emptied, and only files named as a record's are ever deleted.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import threading
@@ -57,19 +68,23 @@ from mae_from_scratch import data as D  # noqa: E402
 from mae_from_scratch.features import POOLS, encoder_attention, extract_features  # noqa: E402
 from mae_from_scratch.knn import knn_accuracy  # noqa: E402
 from mae_from_scratch.linear_probe import linear_probe  # noqa: E402
-from mae_from_scratch.metrics import read_jsonl  # noqa: E402
+from mae_from_scratch.metrics import EPOCH_LOG, STEP_LOG, read_jsonl  # noqa: E402
 from mae_from_scratch.model import create_model  # noqa: E402
 from mae_from_scratch.pretrain import pretrain  # noqa: E402
 from mae_from_scratch.recorded_runs import RECORDING  # noqa: E402
 from mae_from_scratch.run_config import parse_args as parse_pretrain_args  # noqa: E402
+from mae_from_scratch.run_folder import LAST_CHECKPOINT, holds_run  # noqa: E402
 from mae_from_scratch.run_info import RUN_INFO, cpu_seconds, file_sha256, hardware, write_json  # noqa: E402
-from mae_from_scratch.snapshots import heldout_images, mask_ratio_rows, save_grid  # noqa: E402
+from mae_from_scratch.snapshots import RECON_DIR, heldout_images, mask_ratio_rows, save_grid  # noqa: E402
 from mae_from_scratch.timing import train_step_images_per_s  # noqa: E402
 
 MASK_RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9)
 KNN = dict(k=20, temperature=0.07)
 PROBE = dict(epochs=90, blr=0.1, weight_decay=0.0)
 STEP_LOG_DENSE = 100  # every step of the first 100 is kept, then every 10th
+# The files of a recorded run (the docstring's list), besides the pictures recon/epoch-NNNN.png.
+RECORD_FILES = (RUN_INFO, EPOCH_LOG, STEP_LOG, "mask_ratios.png", "attention.npz", "eval.json", RECORDING)
+RECON_PICTURE = re.compile(r"epoch-\d+\.png")
 
 
 def repo_relative(path) -> str:
@@ -108,7 +123,76 @@ def copy_run_files(work: Path, out: Path) -> None:
     if (work / "recon").is_dir():
         (out / "recon").mkdir(exist_ok=True)
         for png in sorted((work / "recon").glob("epoch-*.png")):
-            shutil.copyfile(png, out / "recon" / png.name)
+            if RECON_PICTURE.fullmatch(png.name):  # not a picture being written (epoch-NNNN.tmp.png)
+                shutil.copyfile(png, out / "recon" / png.name)
+
+
+def _record_name(name: str) -> bool:
+    """A name a record's file is written as, or its temporary, which a kill can leave behind
+    (``eval.json.tmp`` from :func:`~mae_from_scratch.run_info.write_json`, ``mask_ratios.tmp.png``
+    from :func:`~mae_from_scratch.snapshots.save_grid`)."""
+    return any(n in RECORD_FILES for n in (name, name.removesuffix(".tmp"), name.replace(".tmp.", ".", 1)))
+
+
+def record_contents(out: Path) -> tuple[list[Path], list[Path]]:
+    """``(files of a recorded run, everything else)`` in the folder ``out``: the names a record
+    is written as (:func:`_record_name`) and the pictures in ``recon/`` against the rest.  A
+    link counts as the rest: it may lead out of the folder."""
+    ours, others = [], []
+    if not out.is_dir():
+        return ours, others
+    for p in sorted(out.iterdir()):
+        if p.name == RECON_DIR and p.is_dir() and not p.is_symlink():
+            for q in sorted(p.iterdir()):
+                mine = q.is_file() and not q.is_symlink() and RECON_PICTURE.fullmatch(q.name.replace(".tmp.", ".", 1))
+                (ours if mine else others).append(q)
+        elif p.is_file() and not p.is_symlink() and _record_name(p.name):
+            ours.append(p)
+        else:
+            others.append(p)
+    return ours, others
+
+
+def _named(paths: list[Path], folder: Path) -> str:
+    """A few of ``paths``, relative to ``folder``, for a one-line message."""
+    names = [p.relative_to(folder).as_posix() for p in paths[:3]]
+    return ", ".join(names) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
+def check_folders(a: argparse.Namespace) -> None:
+    """Refuse, before anything runs, folders that would mix this recording with something
+    else: an ``--out`` holding a record or files that are not a record's, a ``--work`` holding
+    a run (both allowed with ``--overwrite``), or the two folders overlapping."""
+    out, work = (Path(os.path.expanduser(p)) for p in (a.out, a.work))
+    for flag, folder in (("--out", out), ("--work", work)):
+        if folder.exists() and not folder.is_dir():
+            raise SystemExit(f"{flag} {folder} is a file, not a folder; choose another {flag}")
+    o, w = out.resolve(), work.resolve()
+    if o == w or o in w.parents or w in o.parents:
+        # The engine's logs and pictures would be the record's own files, or its checkpoints would land in it.
+        raise SystemExit(f"--out {out} and --work {work} overlap; the recorded run and the run folder "
+                         "(checkpoints, full logs) must be two separate folders")
+    ours, others = record_contents(out)
+    if others:
+        raise SystemExit(f"--out {out} holds what is not part of a recorded run ({_named(others, out)}); choose "
+                         "a new or empty folder for --out (--overwrite replaces only a recorded run's own files)")
+    if ours and not a.overwrite:
+        raise SystemExit(f"--out {out} already holds a recorded run ({_named(ours, out)}); pass --overwrite to "
+                         "replace it, or choose another --out")
+    if holds_run(work) and not a.overwrite:  # the engine's own rule for a folder that holds a run
+        what = LAST_CHECKPOINT if (work / LAST_CHECKPOINT).is_file() else EPOCH_LOG
+        raise SystemExit(f"--work {work} already holds a run ({what}); pass --overwrite to replace it, "
+                         "or choose another --work")
+
+
+def clear_record(out: Path) -> None:
+    """Starting over (``--overwrite``): the old record's files go, nothing else (the folder
+    held nothing else when it was checked)."""
+    for p in record_contents(out)[0]:
+        p.unlink()
+    recon = out / RECON_DIR
+    if recon.is_dir() and not recon.is_symlink() and not any(recon.iterdir()):
+        recon.rmdir()
 
 
 def decode(ds, num_workers: int):
@@ -187,6 +271,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_max", type=int, default=None, help="tiny dry runs only: evaluate on this many images")
     p.add_argument("--compile", default="preset", choices=("preset", "on", "off"),
                    help="torch.compile the model during pretraining: the preset's choice, or on/off")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --work and the recorded run in --out (without it, either is refused)")
     return p
 
 
@@ -208,12 +294,14 @@ def as_argv(a: argparse.Namespace) -> list[str]:
         value = getattr(a, action.dest, None)
         if action.option_strings and action.dest != "help" and value is not None and (
                 value != action.default or action.required or action.dest == "preset"):
-            argv += [action.option_strings[0], str(value)]
+            # A switch (--overwrite) is given by its name alone.
+            argv += [action.option_strings[0]] + ([str(value)] if action.nargs != 0 else [])
     return argv
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    check_folders(a)  # with the paths as given, so that a refusal names them so
     # Every path from here on is relative to the repository root, and the script works there.
     for name in ("data_path", "out", "work"):
         setattr(a, name, repo_relative(getattr(a, name)))
@@ -229,7 +317,6 @@ def main(argv=None) -> int:
 def record_run(a: argparse.Namespace) -> int:
     """Probe, train, draw, evaluate: the numbered steps above, from the repository root."""
     out, work = Path(a.out), Path(a.work)
-    out.mkdir(parents=True, exist_ok=True)
     t_all, cpu_all = time.perf_counter(), cpu_seconds()
     recording = {"script": "tools/record_run.py", "argv": as_argv(a), "niceness": os.nice(0), "parts": {}}
     lines = []
@@ -246,6 +333,11 @@ def record_run(a: argparse.Namespace) -> int:
     args = parse_pretrain_args(["--preset", a.preset], **overrides)
     device = torch.device(args.device)
     n_train = a.max_images or len(D.build_dataset(args.dataset, "train", args.data_path))
+    # The old record goes only now that the preset (and the data) have been read, and before
+    # the first file of the new one is written.
+    if a.overwrite:
+        clear_record(out)
+    out.mkdir(parents=True, exist_ok=True)
 
     # 1. The probe: model-only training steps at the preset's batch size.
     if a.epochs is None:
@@ -265,7 +357,9 @@ def record_run(a: argparse.Namespace) -> int:
     warmup = min(args.warmup_epochs, max(1, epochs // 10))
     command = ["--preset", a.preset, "--data_path", str(args.data_path), "--dataset", args.dataset,
                "--epochs", str(epochs), "--warmup_epochs", str(warmup), "--output_dir", str(work),
-               "--overwrite", "--no_progress", "--device", str(device)]
+               "--no_progress", "--device", str(device)]
+    if a.overwrite:  # the engine clears the old run in --work itself (and refuses it without this flag)
+        command.append("--overwrite")
     if a.recon_every is not None:
         command += ["--recon_every", str(a.recon_every)]
     if a.max_images is not None:
@@ -278,11 +372,22 @@ def record_run(a: argparse.Namespace) -> int:
     # 2. Pretraining; the recorded run's folder is refreshed every 30 s (a background copy).
     t0 = time.perf_counter()
     stop = threading.Event()
+    old_info = (work / RUN_INFO).read_bytes() if (work / RUN_INFO).is_file() else None
+
+    def copy_this_run():
+        # Only once the engine has begun this run (its run.json is new): with --overwrite it
+        # clears the old run in --work after loading the data, which may take longer than 30 s,
+        # and a run it refuses clears nothing; the old run's files must not reach the record.
+        try:
+            if (work / RUN_INFO).read_bytes() != old_info:
+                copy_run_files(work, out)
+        except FileNotFoundError:
+            pass
 
     def refresh():
         while not stop.wait(30):
             try:
-                copy_run_files(work, out)
+                copy_this_run()
             except (OSError, ValueError):
                 pass
 
@@ -293,7 +398,7 @@ def record_run(a: argparse.Namespace) -> int:
     finally:
         stop.set()
         th.join()
-        copy_run_files(work, out)
+        copy_this_run()
     recording["parts"]["pretrain_s"] = round(time.perf_counter() - t0, 1)
     log(f"pretraining done in {recording['parts']['pretrain_s']:.0f} s")
     run_args = parse_pretrain_args(command)
@@ -329,7 +434,7 @@ def record_run(a: argparse.Namespace) -> int:
     recording["data_note"] = ("a JPEG re-encoding of CIFAR-10 (Krizhevsky, 2009): close to, not identical with, "
                               "the original images")
     log(f"all done in {recording['wall_s']:.0f} s wall, {recording['cpu_s']:.0f} s CPU")
-    copy_run_files(work, out)
+    copy_this_run()
     return 0
 
 

@@ -7,16 +7,20 @@ installed, so an instructor can install the package and point it at any copy of 
 
 One module per idea, each importing only those above it:
 
-==============  =============================================================
-module          what it holds
-==============  =============================================================
-``book``        the book folder, its chapters (``_toc.yml``), its settings
-``cells``       the markers, nbgrader's cell metadata, ``annotate_notebook``
-``generation``  student notebooks from the chapters
-``flags``       exercise cells that call the package instead of their own code
-``grading``     running submissions with nbval, the gradebook and summary
-``cli``         ``python -m mae_from_scratch.assignments``
-==============  =============================================================
+================  ===========================================================
+module            what it holds
+================  ===========================================================
+``book``          the book folder, its chapters (``_toc.yml``), its settings
+``cells``         the markers, nbgrader's cell metadata, ``annotate_notebook``
+``generation``    student notebooks from the chapters
+``kernel_guard``  the grader's own cell in each kernel: tampering undone and flagged,
+                  the package calls an exercise makes, found at run time
+``checks``        the instructor's checks put back into a submission
+``submissions``   what counts as a submission, and which chapter it is
+``gradebook``     the CSV and summary, and the checks on where they go
+``grading``       running each submission with nbval, isolated from the others
+``cli``           ``python -m mae_from_scratch.assignments``
+================  ===========================================================
 """
 
 from .book import CHAPTER_RE, Settings, book_folder, chapters, find_book, settings
@@ -25,9 +29,11 @@ from .cells import (ANSWER_STUB, BEGIN_HIDDEN, BEGIN_SOLUTION, CHECK_OUTPUT, COD
                     grade_id, is_check, is_solution, is_written, student_source,
                     without_hidden_tests)
 from .generation import SETUP_PACKAGE, colab_link, generate, student_notebook
-from .flags import PACKAGE_NAMES, package_calls
-from .grading import (Result, check_ids, grade, grade_one, grading_env, grading_notebook,
-                      submissions, summary)
+from .kernel_guard import MARK
+from .checks import check_ids, exercise_names, exercise_of, grading_notebook
+from .submissions import Submission, chapter_of, decide_chapter, find
+from .gradebook import check_out, summary
+from .grading import Result, grade, grade_one, grading_env, stop_run
 from .cli import main
 
 __all__ = [
@@ -36,7 +42,7 @@ __all__ = [
     "END_SOLUTION", "MODEL_ANSWER", "annotate_notebook", "checks_output", "grade_id",
     "is_check", "is_solution", "is_written", "student_source", "without_hidden_tests",
     "SETUP_PACKAGE", "colab_link", "generate", "student_notebook",
-    "PACKAGE_NAMES", "package_calls",
-    "Result", "check_ids", "grade", "grade_one", "grading_env", "grading_notebook",
-    "submissions", "summary", "main",
+    "MARK", "check_ids", "exercise_names", "exercise_of", "grading_notebook",
+    "Submission", "chapter_of", "decide_chapter", "find", "check_out", "summary",
+    "Result", "grade", "grade_one", "grading_env", "stop_run", "main",
 ]

@@ -3,7 +3,7 @@
     python -m mae_from_scratch.assignments annotate            # nbgrader metadata on the chapters
     python -m mae_from_scratch.assignments generate --out assignments
     python -m mae_from_scratch.assignments generate --out assignments --check
-    python -m mae_from_scratch.assignments grade SUBMISSIONS_DIR --out grades.csv
+    python -m mae_from_scratch.assignments grade SUBMISSIONS_DIR   # -> grades-NN_name.csv
     python -m mae_from_scratch.assignments grade SUBMISSIONS_DIR --data cifar10-jpeg.tar.gz
     python -m mae_from_scratch.assignments generate --book ~/mae-from-scratch --out assignments
 
@@ -31,8 +31,8 @@ runs with the GPUs hidden, so the chapters take the CPU profile their saved verd
 from on any grading machine, and ``--data`` (or ``$MAE_CIFAR10_TAR``) hands chapters 8 and 9
 the CIFAR-10 archive.
 
-The grading is formative, not tamper-proof: solutions and checks are public, and a
-student's code runs in the same kernel before the checks do.
+Grading is formative, and no sandbox: what it guarantees and what it does not is written on
+the book's page for instructors (``book/instructors.md``), and in :mod:`.kernel_guard`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from pathlib import Path
 from .book import book_folder, chapters, settings
 from .cells import annotate_notebook
 from .generation import generate
-from .grading import grade
 
 BOOK_HELP = ("the book's folder, holding _toc.yml and notebooks/ (default: the first such "
              "folder from the working directory upwards)")
@@ -59,22 +58,6 @@ def _chapter_path(book: Path, name: str) -> Path:
 
 def _selected(book: Path, names: list[str]) -> list[Path]:
     return [_chapter_path(book, n) for n in names] if names else chapters(book)
-
-
-def _guess_chapter(book: Path, folder: Path) -> Path:
-    import json
-
-    names = {p.stem for p in chapters(book)}
-    for path in sorted(folder.rglob("*")):
-        if path.stem in names:
-            return book / "notebooks" / f"{path.stem}.ipynb"
-        if path.suffix == ".ipynb":
-            try:
-                meta = json.loads(path.read_text())["metadata"]["mae_assignment"]
-                return _chapter_path(book, meta["chapter"])
-            except Exception:
-                continue
-    raise SystemExit("cannot tell which chapter the submissions are: pass --chapter NN_name")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,11 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--check", action="store_true", help="exit 1 if they are out of date")
     r = sub.add_parser("grade", help="grade a folder of submissions with nbval")
     r.add_argument("submissions", type=Path)
-    r.add_argument("--out", type=Path, default=Path("grades.csv"))
-    r.add_argument("--chapter", default=None, help="NN_name or NN (default: guessed)")
+    r.add_argument("--out", type=Path, default=None,
+                   help="the gradebook, a .csv file (default: grades-NN_name.csv); the "
+                        "summary goes beside it as .txt")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace an existing gradebook and summary")
+    r.add_argument("--chapter", default=None,
+                   help="NN_name or NN (default: the one chapter the notebooks name)")
     r.add_argument("--jobs", type=int, default=None, help="parallel runs (default: cores)")
     r.add_argument("--cell-timeout", type=float, default=60, help="seconds per cell")
-    r.add_argument("--timeout", type=float, default=None, help="seconds per notebook")
+    r.add_argument("--timeout", type=float, default=None,
+                   help="seconds per notebook (default: the cell timeout per cell, + 120)")
     r.add_argument("--data", type=Path, default=None,
                    help="CIFAR-10 as an ImageFolder .tar.gz, for chapters 8 and 9 (default: "
                         "$MAE_CIFAR10_TAR; without either they fall back to the photos)")
@@ -107,11 +96,48 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check_grade_flags(args) -> None:
+    """Every flag checked before any grading: one line each (exit status 1)."""
+    import math
+
+    if args.jobs is not None and args.jobs < 1:
+        raise SystemExit(f"--jobs {args.jobs}: at least 1")
+    for flag, value in (("--cell-timeout", args.cell_timeout), ("--timeout", args.timeout)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise SystemExit(f"{flag} {value}: seconds, a number above 0")
+    if args.data is not None and not args.data.is_file():
+        raise SystemExit(f"--data {args.data}: no such file (a CIFAR-10 ImageFolder .tar.gz)")
+    if not args.submissions.is_dir():
+        raise SystemExit(f"{args.submissions}: no such folder (the submissions: one notebook, "
+                         f"or one folder, per student)")
+
+
+def _grade(book: Path, args) -> int:
+    from .gradebook import check_out
+    from .grading import grade
+    from .submissions import decide_chapter, find
+
+    names = [p.stem for p in chapters(book)]
+    asked = _chapter_path(book, args.chapter).stem if args.chapter else None
+    subs = find(args.submissions, names, asked)
+    if not subs:
+        raise SystemExit(f"{args.submissions}: no submissions in it")
+    chapter = decide_chapter(subs, names, asked)
+    out = args.out or Path(f"grades-{chapter}.csv")
+    check_out(out, args.submissions, args.overwrite)
+    t0 = time.perf_counter()
+    grade(args.submissions, book / "notebooks" / f"{chapter}.ipynb", out, jobs=args.jobs,
+          cell_timeout=args.cell_timeout, timeout=args.timeout, data=args.data,
+          overwrite=args.overwrite, chapters_in_book=names)
+    print(f"graded in {time.perf_counter() - t0:.0f} s: {out}, {out.with_suffix('.txt')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
-    if args.command == "grade" and args.data is not None and not args.data.is_file():
-        ap.error(f"--data {args.data}: no such file (a CIFAR-10 ImageFolder .tar.gz)")
+    if args.command == "grade":
+        _check_grade_flags(args)
     book = book_folder(args.book)
 
     if args.command == "annotate":
@@ -137,11 +163,4 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if names else 0
         print(f"wrote {len(names)} student notebooks to {out}")
         return 0
-    key = (_chapter_path(book, args.chapter) if args.chapter
-           else _guess_chapter(book, args.submissions))
-    t0 = time.perf_counter()
-    grade(args.submissions, key, args.out, jobs=args.jobs, cell_timeout=args.cell_timeout,
-          timeout=args.timeout, data=args.data)
-    print(f"graded in {time.perf_counter() - t0:.0f} s: {args.out}, "
-          f"{args.out.with_suffix('.txt')}")
-    return 0
+    return _grade(book, args)

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from .book import Settings, chapters, find_book, settings
-from .cells import ANSWER_STUB, checks_output, student_source
+from .cells import ANSWER_STUB, BEGIN_HIDDEN, BEGIN_SOLUTION, checks_output, student_source
 
 SETUP_PACKAGE = re.compile(r'package = "git\+(?P<url>[^@"]+)@(?P<ref>[^"]+)"')
 
@@ -57,6 +57,22 @@ def student_notebook(nb, s: Settings, name: str):
     return out
 
 
+def refuse_answer_keys(out_dir: Path) -> None:
+    """Student notebooks replace the files of their names: never an answer key's (a chapter,
+    with its solutions and hidden tests, as in the book's ``notebooks/``)."""
+    if not out_dir.is_dir():
+        return
+    for path in sorted(out_dir.glob("*.ipynb")):
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if BEGIN_SOLUTION in text or BEGIN_HIDDEN in text:
+            raise SystemExit(f"--out {out_dir}: {path.name} there is an answer key (it holds "
+                             f"solutions); student notebooks would replace it. Choose "
+                             f"another folder")
+
+
 def generate(book: Path | None = None, out_dir: Path | None = None, check: bool = False,
              only: list[str] | None = None) -> list[str]:
     """Write (or, with ``check``, compare) one student notebook per chapter of ``book``
@@ -68,6 +84,8 @@ def generate(book: Path | None = None, out_dir: Path | None = None, check: bool 
     book = find_book() if book is None else Path(book)
     s = settings(book)
     out_dir = book / s.folder if out_dir is None else Path(out_dir)
+    if not check:
+        refuse_answer_keys(out_dir)
     names = []
     for path in chapters(book):
         if only is not None and path.stem not in only:

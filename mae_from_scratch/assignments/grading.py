@@ -10,22 +10,24 @@ checks do.
 
 from __future__ import annotations
 
-import copy
-import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cells import grade_id, is_check, is_solution
-from .flags import package_calls
+from .checks import exercise_of, check_ids, grading_notebook
+from . import gradebook
+from .gradebook import check_out
+from .submissions import decide_chapter, find
 
 
 @dataclass
@@ -47,71 +49,6 @@ class Result:
             if not ok:
                 return f"{gid}: {message}"
         return ""
-
-
-def check_ids(key) -> list[str]:
-    return [grade_id(c) for c in key.cells if is_check(c)]
-
-
-def _exercise_for(key) -> dict:
-    """grade_id of a check -> grade_id of the exercise it grades (if any)."""
-    out, last = {}, None
-    for c in key.cells:
-        if c.cell_type != "code":
-            continue
-        if is_solution(c):
-            last = grade_id(c)
-        elif is_check(c):
-            out[grade_id(c)] = last
-            last = None
-    return out
-
-
-def _find(cells, cell) -> int | None:
-    """Index in ``cells`` of the student's copy of instructor cell ``cell``."""
-    gid = grade_id(cell)
-    for i, c in enumerate(cells):
-        if gid is not None and grade_id(c) == gid:
-            return i
-    cid = cell.get("id")
-    for i, c in enumerate(cells):
-        if cid and c.get("id") == cid and grade_id(c) is None:
-            return i
-    return None
-
-
-def grading_notebook(submission, key):
-    """The submission with every instructor check cell put back (hidden tests included),
-    each in its place or, where the student deleted it, after the cell that preceded it.
-
-    Returns ``(notebook, {grade_id: code cell number}, [missing exercise grade_ids])``."""
-    nb = copy.deepcopy(submission)
-    cells = list(nb.cells)
-    missing = [grade_id(c) for c in key.cells
-               if c.cell_type == "code" and is_solution(c) and _find(cells, c) is None]
-    for k, cell in enumerate(key.cells):
-        if not is_check(cell):
-            continue
-        mine = copy.deepcopy(cell)
-        i = _find(cells, cell)
-        if i is not None:
-            cells[i] = mine
-            continue
-        at = 0
-        for before in reversed(key.cells[:k]):
-            j = _find(cells, before)
-            if j is not None:
-                at = j + 1
-                break
-        cells.insert(at, mine)
-    nb.cells = cells
-    numbers, n = {}, 0
-    for c in cells:
-        if c.cell_type == "code":
-            if is_check(c):
-                numbers[grade_id(c)] = n
-            n += 1
-    return nb, numbers, missing
 
 
 _ANSI = re.compile(r"(?:\x1b|#x1B)\[[0-9;]*[A-Za-z]")  # pytest writes ESC as #x1B in XML
@@ -158,30 +95,8 @@ def _junit_verdicts(xml_path: Path) -> dict:
     return out
 
 
-def _student_name(path: Path, base: Path) -> str:
-    rel = path.relative_to(base)
-    return rel.parts[0] if len(rel.parts) > 1 else path.stem
-
-
-def submissions(folder: Path, chapter: str) -> list[tuple[str, Path | None]]:
-    """(student, notebook path or None) for every entry of ``folder``: a file is one
-    student's submission; a folder holds one (``chapter``.ipynb, or its only notebook)."""
-    found = []
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_file():
-            found.append((entry.stem, entry))
-        elif entry.is_dir():
-            nbs = sorted(entry.rglob("*.ipynb"))
-            nbs = [p for p in nbs if ".ipynb_checkpoints" not in p.parts]
-            named = [p for p in nbs if p.stem == chapter]
-            pick = named[0] if named else (nbs[0] if len(nbs) == 1 else None)
-            found.append((entry.name, pick))
-    return found
-
-
-def grading_env(data: Path | None = None) -> dict:
+def grading_env(data: Path | None = None, home: Path | None = None,
+                run: str | None = None) -> dict:
     """The environment every submission runs in, the same on every grading machine.
 
     The GPUs are hidden: a chapter picks its profile by ``torch.cuda.is_available()``, and a
@@ -189,118 +104,187 @@ def grading_env(data: Path | None = None) -> dict:
     fail correct work.  ``data`` (a CIFAR-10 ImageFolder archive) is passed on as
     ``MAE_CIFAR10_TAR``, which the chapters' data search reads first: a submission runs in a
     temporary folder, where the search would otherwise find nothing and download, or fall
-    back to the photos."""
+    back to the photos.  ``home`` is the run's own ``HOME``; the data cache stays the
+    grading account's, so an archive is extracted (or a download made) once for the class.
+    ``run`` marks every process of the run, so that none outlives it."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                MPLBACKEND="Agg", PYDEVD_DISABLE_FILE_VALIDATION="1", CUDA_VISIBLE_DEVICES="")
+    if home is not None:
+        from ..archives import data_cache_dir
+
+        env["MAE_DATA_CACHE"] = str(data_cache_dir().resolve())  # read before HOME changes
+        env.update(HOME=str(home), USERPROFILE=str(home), MPLCONFIGDIR=str(home / ".matplotlib"))
     if data is not None:
         env["MAE_CIFAR10_TAR"] = str(Path(data).resolve())
+    if run is not None:
+        env[RUN_MARK] = run
     return env
 
 
+RUN_MARK = "MAE_GRADING_RUN"
+
+
+def stop_run(run: str, pid: int | None = None) -> None:
+    """Kill every process of a run: its process group, and (on Linux) any process whose
+    environment carries the run's mark, which finds a child that left the group."""
+    # The run was started in a session of its own, so its group id is its pid; never this
+    # process's own group.
+    if pid is not None and pid > 0 and pid != os.getpgrp():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    mark = f"{RUN_MARK}={run}".encode()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if mark in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue  # gone already, or another user's
+
+
+def _run_nbval(nb, tmp: Path, cell_timeout: float, timeout: float, data) -> tuple:
+    """One run of a grading notebook in ``tmp``: (verdicts, note, report lines)."""
+    import nbformat
+
+    work, home = tmp / "work", tmp / "home"
+    work.mkdir()
+    home.mkdir()
+    nb_path = work / "submission.ipynb"
+    nbformat.write(nb, str(nb_path))
+    (tmp / "pytest.ini").write_text("[pytest]\naddopts =\n")
+    run = uuid.uuid4().hex
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout}",
+           "--junitxml", str(tmp / "report.xml"), "-c", str(tmp / "pytest.ini"),
+           "--rootdir", str(work), str(nb_path)]
+    proc = subprocess.Popen(cmd, cwd=work, env=grading_env(data, home, run),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    note = ""
+    try:
+        log = proc.communicate(timeout=timeout)[0].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        stop_run(run, proc.pid)
+        proc.communicate()
+        log, note = "", f"stopped after {timeout:.0f} s"
+    stop_run(run, proc.pid)  # children that outlived the notebook go too
+    verdicts = {}
+    if (tmp / "report.xml").is_file():
+        try:
+            verdicts = _junit_verdicts(tmp / "report.xml")
+        except ET.ParseError:
+            pass
+    if not verdicts and not note:
+        tail = log.strip().split("\n")[-1:] or ["no report"]
+        note = f"nbval did not run the notebook ({tail[0][:160]})"
+    report = tmp / "grader-report.jsonl"
+    lines = report.read_text().splitlines() if report.is_file() else None
+    return verdicts, note, lines
+
+
+def _report_flags(lines, finished: bool) -> list[str]:
+    """The kernel guard's flags; a report that the grader's last cell should have completed
+    and did not is itself flagged."""
+    import json
+
+    flags, complete = [], False
+    for line in lines or []:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            flags.append("the grading report was altered")
+            break
+        if "flag" in item:
+            flags.append(str(item["flag"]))
+        complete = complete or bool(item.get("complete"))
+    if finished and not complete:
+        flags.append("the grading report is missing or incomplete (the notebook removed it?)")
+    return flags
+
+
 def grade_one(student: str, path: Path | None, key, cell_timeout: float = 60,
-              timeout: float | None = None, data: Path | None = None) -> Result:
-    """Run one submission with nbval in a temporary folder of its own."""
+              timeout: float | None = None, data: Path | None = None, note: str = "",
+              flags: list | None = None) -> Result:
+    """Run one submission with nbval, in a temporary folder of its own with its own HOME,
+    after the grader's own first cell; a run whose kernel never started is run again once."""
     import nbformat
 
     t0 = time.perf_counter()
     ids = check_ids(key)
+    flags = list(flags or [])
     zero = {gid: (False, "not run") for gid in ids}
+    if note:
+        return Result(student, zero, flags, note=note)
     if path is None:
-        return Result(student, zero, note="no notebook found in the submission")
+        return Result(student, zero, flags, note="no notebook found in the submission")
     try:
         sub = nbformat.read(str(path), as_version=4)
         if not isinstance(sub.get("cells"), list):
             raise ValueError("no cells")
     except Exception as exc:  # any unreadable file: JSON, encoding, schema
         kind = type(exc).__name__
-        return Result(student, zero, note=f"not a notebook ({kind}: {str(exc)[:120]})")
-    flags = package_calls(sub)
-    nb, numbers, missing = grading_notebook(sub, key)
-    n_code = sum(c.cell_type == "code" for c in nb.cells)
-    if timeout is None:
-        timeout = cell_timeout * max(n_code, 1) + 120
-    with tempfile.TemporaryDirectory(prefix="grade_") as tmp:
-        tmp = Path(tmp)
-        nb_path = tmp / "submission.ipynb"
-        nbformat.write(nb, str(nb_path))
-        (tmp / "pytest.ini").write_text("[pytest]\naddopts =\n")
-        env = grading_env(data)
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-               "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout}",
-               "--junitxml", str(tmp / "report.xml"), "-c", str(tmp / "pytest.ini"),
-               "--rootdir", str(tmp), str(nb_path)]
-        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        note = ""
-        try:
-            log = proc.communicate(timeout=timeout)[0].decode(errors="replace")
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            log, note = "", f"stopped after {timeout:.0f} s"
-        verdicts = {}
-        if (tmp / "report.xml").is_file():
-            try:
-                verdicts = _junit_verdicts(tmp / "report.xml")
-            except ET.ParseError:
-                pass
-        if not verdicts and not note:
-            tail = log.strip().split("\n")[-1:] or ["no report"]
-            note = f"nbval did not run the notebook ({tail[0][:160]})"
-    exercise = _exercise_for(key)
+        return Result(student, zero, flags, note=f"not a notebook ({kind}: {str(exc)[:120]})")
+    for attempt in (1, 2):
+        with tempfile.TemporaryDirectory(prefix="grade_") as tmp:
+            tmp = Path(tmp)
+            nonce = uuid.uuid4().hex[:16]
+            nb, numbers, missing = grading_notebook(sub, key, nonce, str(tmp / "grader-report.jsonl"))
+            n_code = sum(c.cell_type == "code" for c in nb.cells)
+            limit = timeout if timeout is not None else cell_timeout * max(n_code, 1) + 120
+            verdicts, run_note, lines = _run_nbval(nb, tmp, cell_timeout, limit, data)
+        started = verdicts.get(numbers["grader-start"], (False, ""))[0]
+        if started or attempt == 2:
+            break
+        flags.append("graded twice: the first time the kernel died before running any cell")
+    finished = verdicts.get(numbers["grader-finish"], (False, ""))[0]
+    flags += _report_flags(lines, finished)
+    exercise = exercise_of(key)
     checks = {}
     for gid in ids:
-        ok, message = verdicts.get(numbers.get(gid), (False, note or "not run"))
-        if exercise.get(gid) in missing:
-            ok, message = False, f"the exercise cell {exercise[gid]} is missing"
+        ok, message = verdicts.get(numbers.get(gid), (False, run_note or "not run"))
+        if not ok and exercise.get(gid) in missing:
+            message += f" (the exercise cell {exercise[gid]} is not in the notebook)"
         checks[gid] = (ok, message)
-    return Result(student, checks, flags, note=note if not verdicts else "",
+    return Result(student, checks, flags, note=run_note if not verdicts else "",
                   seconds=time.perf_counter() - t0)
 
 
 def grade(folder: Path, key_path: Path, out_csv: Path, jobs: int | None = None,
           cell_timeout: float = 60, timeout: float | None = None,
           summary_path: Path | None = None, quiet: bool = False,
-          data: Path | None = None) -> list[Result]:
+          data: Path | None = None, overwrite: bool = False,
+          chapters_in_book: list[str] | None = None) -> list[Result]:
     """Grade every submission in ``folder`` against chapter ``key_path``; write the CSV and
-    a readable summary next to it."""
+    a readable summary next to it.
+
+    Every submission is copied before any runs, and read from the copy; each runs in a
+    folder of its own; the gradebook is written from the grader's memory once all are done,
+    each file replaced in one step."""
     import nbformat
 
+    summary_path = summary_path or out_csv.with_suffix(".txt")
+    check_out(out_csv, folder, overwrite, summary_path)
     key = nbformat.read(str(key_path), as_version=4)
-    subs = submissions(folder, key_path.stem)
-    jobs = jobs or os.cpu_count() or 1
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(
-            lambda s: grade_one(s[0], s[1], key, cell_timeout, timeout, data), subs))
-    ids = check_ids(key)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with out_csv.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["student", "passed", "total", *ids, "flags", "first_failure"])
-        for r in results:
-            writer.writerow([r.student, r.passed, len(ids),
-                             *("pass" if r.checks[g][0] else "fail" for g in ids),
-                             "; ".join(r.flags), r.first_failure()])
-    text = summary(results, ids, key_path.stem)
-    (summary_path or out_csv.with_suffix(".txt")).write_text(text)
+    names = chapters_in_book or [key_path.stem]
+    with tempfile.TemporaryDirectory(prefix="handed_in_") as copy_dir:
+        handed_in = Path(copy_dir) / folder.name
+        shutil.copytree(folder, handed_in, symlinks=True)
+        subs = find(handed_in, names, key_path.stem)
+        decide_chapter(subs, names, key_path.stem)
+        jobs = jobs or os.cpu_count() or 1
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(
+                lambda s: grade_one(s.student, s.path, key, cell_timeout, timeout, data,
+                                    note=s.note, flags=s.flags), subs))
+    text = gradebook.write(results, check_ids(key), key_path.stem, out_csv, summary_path)
     if not quiet:
         print(text)
     return results
 
 
-def summary(results: list[Result], ids: list[str], chapter: str) -> str:
-    n = len(results)
-    lines = [f"{chapter}: {n} submissions, {len(ids)} checks each", "",
-             "check                               passed"]
-    for gid in ids:
-        k = sum(r.checks[gid][0] for r in results)
-        lines.append(f"  {gid:<34}{k:>3} / {n}")
-    lines += ["", "student                    score   first failure"]
-    for r in results:
-        lines.append(f"  {r.student[:24]:<24}{r.passed:>3} / {len(ids):<3} "
-                     f"{r.first_failure()[:60]}")
-    flagged = [r for r in results if r.flags]
-    if flagged:
-        lines += ["", "uses the package's function instead of its own (read these):"]
-        lines += [f"  {r.student}: {'; '.join(r.flags)}" for r in flagged]
-    return "\n".join(lines) + "\n"
