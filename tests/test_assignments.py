@@ -1,10 +1,12 @@
 """Student notebooks generated from the chapters, and their grading with nbval.
 
 The fast tests check the generated notebooks, the chapters' nbgrader metadata, the merge of
-the instructor's check cells into a submission and the book's solution toggle.  The slow ones
-run nbval on real submissions: the reference solutions pass, an untouched student notebook
-fails at its exercises only, plausible wrong answers fail with a helpful message, and a
-folder of awkward submissions gives exactly the expected table.
+the instructor's check cells into a submission (a solved submission runs the chapter's own
+cells; no cell outside an exercise needs one, so an untouched notebook fails only at its
+exercises) and the book's solution toggle.  The slow ones run real submissions through the
+grader: every chapter's reference solutions score full marks with nothing flagged, plausible
+wrong answers fail with a helpful message, and a folder of awkward submissions gives exactly
+the expected table.  ``test_trust.py`` holds the cases a teacher must be able to trust.
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ import nbformat
 import pytest
 import yaml
 
+# Slow as a whole (a Chromium per page, about 3 s each): they check the rendered book, which
+# `make test` builds and `make unit` does not.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
 SCREENSHOTS = ROOT / "_build" / "screenshots"
