@@ -1109,9 +1109,14 @@ def _interrupted_in_epoch(k: int) -> Callable:
             return real(*a, **kw)
 
         mp.setattr(FT, "train_step", step)
-        return evaluate("finetune", "--checkpoint", "random", "--model", MICRO, "--dataset", "imagefolder",
-                        "--data_path", lambda w: w.folder, "--max_train", "15", "--val_images", "3", "--epochs",
-                        "5", "--batch_size", "4")(w, mp)
+        # Python's own Ctrl-C handler, even in a test worker that ignores SIGINT (pytest-xdist's).
+        old = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            return evaluate("finetune", "--checkpoint", "random", "--model", MICRO, "--dataset", "imagefolder",
+                            "--data_path", lambda w: w.folder, "--max_train", "15", "--val_images", "3",
+                            "--epochs", "5", "--batch_size", "4")(w, mp)
+        finally:
+            signal.signal(signal.SIGINT, old)
     return run
 
 
@@ -1125,8 +1130,12 @@ def _in_a_process(w, mp):
     argv = [sys.executable, "-m", "mae_from_scratch.evaluate", "finetune", "--checkpoint", "random", "--model", MICRO,
             "--dataset", "imagefolder", "--data_path", str(w.folder), "--val_images", "3", "--epochs", "200",
             "--batch_size", "4", *QUIET]
+    # SIGINT's default action in the child, even when this process ignores it (a pytest-xdist
+    # worker does, and an ignored signal stays ignored across exec): Python then installs its
+    # Ctrl-C handler, as in a terminal.
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     timer = threading.Timer(120, proc.kill)  # a command that never says an epoch is stopped, not waited for
     timer.start()
     try:
