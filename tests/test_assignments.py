@@ -632,23 +632,38 @@ BUILT_ON = {"unshuffle": ("Decoder-check",),
             "my_masked_mse_loss": ("my_forward_loss-check",)}
 
 
+def _grade_wrong(case) -> A.Result:
+    (chapter, gid), (source, _, _) = case
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{chapter}.ipynb"
+        nbformat.write(_with_solution(chapter, gid, source), path)
+        return A.grade_one(gid, path, _key(chapter))
+
+
+@pytest.fixture(scope="module")
+def wrong_grades() -> dict:
+    """Every plausible wrong answer graded, two at a time: {(chapter, grade_id): Result}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = sorted(WRONG.items())
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip([c for c, _ in cases], pool.map(_grade_wrong, cases)))
+
+
 @pytest.mark.slow
 @pytest.mark.notebooks
-@pytest.mark.parametrize("chapter", sorted({c for c, _ in WRONG}))
-def test_plausible_wrong_answers_fail_with_a_helpful_message(tmp_path, chapter):
-    cases = {f"{gid}": v for (c, gid), v in WRONG.items() if c == chapter}
-    subs = {gid: _with_solution(chapter, gid, src) for gid, (src, _, _) in cases.items()}
-    rows, results = _grade(tmp_path, chapter, subs)
-    ids = A.check_ids(_key(chapter))
-    for gid, (_, check, hint) in cases.items():
-        ok, message = results[gid].checks[check]
-        assert not ok and message.startswith("AssertionError") and hint in message, message
-        # Every other check passes, except the package check (it grades every exercise)
-        # and the checks of exercises the chapter builds on this one.
-        others = [g for g in ids
-                  if g not in (check, "package-check", *BUILT_ON.get(gid, ()))]
-        failed = [g for g in others if not results[gid].checks[g][0]]
-        assert not failed, results[gid].checks
+@pytest.mark.parametrize("chapter,gid", sorted(WRONG), ids=lambda x: x)
+def test_plausible_wrong_answers_fail_with_a_helpful_message(wrong_grades, chapter, gid):
+    result = wrong_grades[chapter, gid]
+    _, check, hint = WRONG[chapter, gid]
+    ok, message = result.checks[check]
+    assert not ok and message.startswith("AssertionError") and hint in message, message
+    # Every other check passes, except the package check (it grades every exercise)
+    # and the checks of exercises the chapter builds on this one.
+    others = [g for g in A.check_ids(_key(chapter))
+              if g not in (check, "package-check", *BUILT_ON.get(gid, ()))]
+    failed = [g for g in others if not result.checks[g][0]]
+    assert not failed, result.checks
 
 
 def _digest(folder: Path) -> str:
