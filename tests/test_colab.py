@@ -11,9 +11,8 @@ kernel: every cell must run, and every ``# NBVAL_CHECK_OUTPUT`` cell must print 
 saved output says.  This is the chapters' one nbval run in ``make test``; ``make nbval``
 runs it in place on the development kernel.
 
-The chapters run two at a time, each kernel on one thread but the longest (Colab's runtime
-gives torch its two cores; the saved outputs that nbval compares are the same on one
-thread).  Chapters 8 and 9
+The chapters run two at a time, each kernel on one thread (Colab's runtime gives torch its two
+cores; the saved outputs that nbval compares are the same on one thread).  Chapters 8 and 9
 find no CIFAR-10 here and train on the package's photos, as a reader offline does; their
 CIFAR-10 path runs where the book's saved outputs are made (``make notebooks``, with
 ``../shared``'s archive), and ``test_workflow.py`` refuses a chapter whose saved outputs are
@@ -126,12 +125,13 @@ def _colab_env(tmp_path: Path, jupyter_path: Path) -> dict:
     return env
 
 
-def _run_chapter(path: Path, python: Path, folder: Path, threads: int) -> subprocess.CompletedProcess:
+def _run_chapter(path: Path, python: Path, folder: Path) -> subprocess.CompletedProcess:
     content = folder / "content"  # Colab's working folder, empty but for the notebook
     content.mkdir(parents=True)
     shutil.copy(path, content / path.name)
     env = _colab_env(folder, _colab_kernel(folder / "jupyter", python))
-    env["OMP_NUM_THREADS"] = str(threads)
+    # Two chapters run side by side, each kernel on one thread: two cores kept busy.
+    env["OMP_NUM_THREADS"] = "1"
     # pytest and nbval run here; the notebook's kernel runs in the Colab-like environment.
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(content),
@@ -147,12 +147,8 @@ def chapter_runs(colab_python, tmp_path_factory) -> dict:
 
     paths = sorted(CHAPTERS, key=lambda p: p.stem, reverse=True)
     folders = [tmp_path_factory.mktemp(p.stem) for p in paths]
-    # Two chapters run side by side, each kernel on one thread, so both cores stay busy; the
-    # longest (chapter 9) gets two threads, as it runs alone once the others are done.
-    threads = [2] + [1] * (len(paths) - 1)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = pool.map(lambda args: _run_chapter(args[0], colab_python, *args[1:]),
-                        zip(paths, folders, threads))
+        runs = pool.map(lambda pf: _run_chapter(pf[0], colab_python, pf[1]), zip(paths, folders))
         return {p.stem: run for p, run in zip(paths, runs)}
 
 
