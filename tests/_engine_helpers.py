@@ -8,12 +8,24 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+import torch
 from PIL import Image
 
 from mae_from_scratch.data import CIFAR10_CLASSES
 from mae_from_scratch.photos import PhotoCrops
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread for a test module that imports this fixture: the runs compared
+    bit for bit use the same kernels."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def cifar_tar_path() -> Path:

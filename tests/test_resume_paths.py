@@ -27,26 +27,15 @@ from mae_from_scratch.metrics import read_epoch_log, read_step_log
 from mae_from_scratch.model import create_model
 from mae_from_scratch.optim import build_optimizer
 from mae_from_scratch.precision import choose_precision
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the runs compared bit for bit use the same kernels."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+from _engine_helpers import one_thread  # noqa: F401  (autouse: one torch thread in this module)
 
 # What the checkpoint below was trained with; each differs from what the flags give by default
 # (seed 0, loader auto, and the cpu_smoke preset's 4,096 images).
 SAVED = dict(seed=3, loader="pil", max_images=48)
 BASE = ["--preset", "cpu_smoke", "--num_photos", "64", "--batch_size", "8", "--no_progress"]
 
-
 def _snapshot(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -69,10 +58,8 @@ def run_dir(tmp_path_factory):
     save_atomic(state, out / P.LAST_CHECKPOINT)
     return out
 
-
 class ReachedTheData(Exception):
     """Raised where the engine starts reading data: every resume check has passed by then."""
-
 
 @pytest.fixture
 def at_the_data(monkeypatch):
@@ -86,7 +73,6 @@ def at_the_data(monkeypatch):
     monkeypatch.setattr(P, "build_pretrain_data", stop)
     return seen
 
-
 def _refused(capsys, argv, folder) -> str:
     """``main(argv)`` refuses in one line and leaves ``folder`` as it was; returns the line."""
     before = _snapshot(folder)
@@ -96,7 +82,6 @@ def _refused(capsys, argv, folder) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in lines[0], lines
     assert _snapshot(folder) == before, "the output folder changed"
     return lines[0]
-
 
 # ---------------------------------------------------------------------------------- optimizer state
 def test_the_optimizer_state_is_loaded_onto_the_moved_parameters(monkeypatch, run_dir, at_the_data):
@@ -129,7 +114,6 @@ def test_the_optimizer_state_is_loaded_onto_the_moved_parameters(monkeypatch, ru
             assert (state[key].dtype, state[key].device) == (p.dtype, p.device), (i, key)
             assert torch.equal(state[key], saved[i][key].double())  # the checkpoint's values
 
-
 # ---------------------------------------------------------------------------------- the run's seed, loader, images
 @pytest.mark.parametrize("how", ["cli", "keywords", "namespace"])
 def test_a_resume_takes_the_seed_loader_and_images_it_was_not_given(run_dir, at_the_data, how):
@@ -145,14 +129,12 @@ def test_a_resume_takes_the_seed_loader_and_images_it_was_not_given(run_dir, at_
     args = at_the_data["args"]
     assert (args.seed, args.loader, args.max_images) == (3, "pil", 48)
 
-
 def test_values_equal_to_the_checkpoints_and_loader_auto_are_accepted(run_dir, at_the_data):
     with pytest.raises(ReachedTheData):
         P.main([*BASE, "--output_dir", str(run_dir), "--auto_resume", "--seed", "3", "--loader", "auto",
                 "--max_images", "48"])
     args = at_the_data["args"]
     assert (args.seed, args.loader, args.max_images) == (3, "pil", 48)
-
 
 @pytest.mark.parametrize("flag, value, saved, what", [
     ("seed", "0", "3", "shuffle, augmentation and masks"),  # 0 is the default: given, all the same
@@ -168,7 +150,6 @@ def test_an_explicit_value_other_than_the_checkpoints_is_refused(capsys, run_dir
     line = _refused(capsys, [*BASE, "--output_dir", str(run_dir), "--resume", str(ckpt), f"--{flag}", value], run_dir)
     assert line.endswith("to continue it, or drop --resume to start a new run")
 
-
 def test_keywords_and_namespaces_are_checked_too(run_dir):
     with pytest.raises(P.InputError, match=r"trained with --seed 3, but --seed 0 was asked for"):
         P.pretrain(preset="cpu_smoke", num_photos=64, batch_size=8, output_dir=str(run_dir), auto_resume=True,
@@ -178,7 +159,6 @@ def test_keywords_and_namespaces_are_checked_too(run_dir):
                    max_images=4096)  # the preset's value, but given
     with pytest.raises(P.InputError, match=r"trained with --seed 3, but --seed 5 was asked for"):
         P.pretrain(parse_args([*BASE, "--output_dir", str(run_dir), "--auto_resume", "--seed", "5"]))
-
 
 def test_a_run_on_every_image_keeps_training_on_every_image(capsys, tmp_path, run_dir, at_the_data):
     ckpt = load_training_checkpoint(run_dir / P.LAST_CHECKPOINT)
@@ -193,7 +173,6 @@ def test_a_run_on_every_image_keeps_training_on_every_image(capsys, tmp_path, ru
     assert re.search(r"trained with every image \(no --max_images\), but --max_images 64 was asked for, which "
                      r"would change the run's training images; leave --max_images out to continue it", line), line
 
-
 def test_a_device_loader_run_that_cannot_hold_its_images_here_is_not_sent_to_pil(capsys, tmp_path, run_dir,
                                                                                   monkeypatch):
     ckpt = load_training_checkpoint(run_dir / P.LAST_CHECKPOINT)
@@ -204,7 +183,6 @@ def test_a_device_loader_run_that_cannot_hold_its_images_here_is_not_sent_to_pil
     line = _refused(capsys, [*BASE, "--output_dir", str(tmp_path / "run"), "--resume", str(path)], tmp_path)
     assert "more than a quarter of the memory of cpu" in line and "use --loader pil" not in line
     assert f"{path} was trained with the device loader, so continue it where its images fit" in line
-
 
 # ---------------------------------------------------------------------------------- CUDA generator
 def test_checkpoints_hold_no_cuda_generator_state(monkeypatch):
@@ -219,7 +197,6 @@ def test_checkpoints_hold_no_cuda_generator_state(monkeypatch):
         dataset=D.dataset_info("photos"))
     assert set(state["rng"]) == {"torch"} and torch.equal(state["rng"]["torch"], torch.get_rng_state())
 
-
 # ---------------------------------------------------------------------------------- a stop at an epoch's end
 # 32 images in batches of 8: 4 steps an epoch, 12 in all.  The seed, loader and image count differ
 # from the flags' defaults, so a resume that left them out and did not keep them would differ.
@@ -227,29 +204,23 @@ RUN = dict(preset="cpu_smoke", num_photos=64, batch_size=8, epochs=3, warmup_epo
            save_every_steps=3, save_freq=100, num_workers=0, seed=3, loader="pil", max_images=32)
 STEPS_PER_EPOCH = 4
 
-
 def _same(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
 
 def _weights(out):
     return load_training_checkpoint(out / P.LAST_CHECKPOINT)["model"]
 
-
 def _steps(out):
     return [(r["step"], r["loss"], r["lr"]) for r in read_step_log(out)]
 
-
 def _record(out):
     return json.loads((out / run_info.RUN_INFO).read_text())
-
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "run"
     P.pretrain(output_dir=str(out), **RUN)
     return out
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("epochs_done", [1, 2])
@@ -279,14 +250,12 @@ def test_a_stop_at_an_epochs_end_saves_that_end_and_the_resume_starts_the_next_e
     rec = _record(out)
     assert rec["epochs_run"] == 3 and rec["finished"] is True and len(rec["segments"]) == 2
 
-
 @pytest.mark.slow
 def test_max_steps_at_the_last_epochs_end_finishes_the_run(tmp_path, capsys, reference):
     out = tmp_path / "run"
     P.pretrain(output_dir=str(out), max_steps=3 * STEPS_PER_EPOCH, **RUN)
     assert "done in" in capsys.readouterr().out
     assert _record(out)["finished"] is True and _same(_weights(out), _weights(reference))
-
 
 @pytest.mark.slow
 def test_a_run_stopped_inside_an_epoch_resumes_with_its_seed_loader_and_images(tmp_path, capsys, reference):
@@ -299,7 +268,6 @@ def test_a_run_stopped_inside_an_epoch_resumes_with_its_seed_loader_and_images(t
     assert "32 images at 32 px (pil loader)" in capsys.readouterr().out
     assert _same(_weights(out), _weights(reference)) and _steps(out) == _steps(reference)
 
-
 # ---------------------------------------------------------------------------------- without `resource`
 def _run_info_without_resource(monkeypatch):
     """A fresh copy of run_info.py imported where ``import resource`` fails (as on Windows)."""
@@ -308,7 +276,6 @@ def _run_info_without_resource(monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
 
 def test_the_run_info_works_without_the_resource_module(monkeypatch, tmp_path):
     rr = _run_info_without_resource(monkeypatch)
@@ -324,7 +291,6 @@ def test_the_run_info_works_without_the_resource_module(monkeypatch, tmp_path):
     rec.update(epochs_run=1, images=64, finished=True)
     saved = json.loads((tmp_path / rr.RUN_INFO).read_text())
     assert saved["finished"] is True and saved["cpu_s"] >= 0.3 and saved["segments"][0]["cpu_s"] >= 0.3
-
 
 @pytest.mark.slow
 def test_the_engine_imports_without_the_resource_module(tmp_path):

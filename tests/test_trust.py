@@ -46,6 +46,7 @@ import yaml
 from PIL import Image
 
 from _engine_helpers import make_cifar_like_folder, make_image_folder
+from _engine_helpers import one_thread  # noqa: F401  (autouse: one torch thread in this module)
 from mae_from_scratch import assignments as A
 from mae_from_scratch import data as D
 from mae_from_scratch import evaluate as E
@@ -66,14 +67,11 @@ SOLUTION = ('    return rearrange(imgs, "n c (h p1) (w p2) -> n (h w) (p1 p2 c)"
 WRONG = "def my_patchify(imgs, p):\n    return imgs.flatten(2).transpose(1, 2)\n"
 VERDICT = "patchify and unpatchify match mae_from_scratch for p = 16, 4, 14 and 8"
 
-
 def _read(path: Path):
     return nbformat.read(path, as_version=4)
 
-
 def _by_id(nb, gid):
     return next(c for c in nb.cells if A.grade_id(c) == gid)
-
 
 def _tiny_book(folder: Path) -> Path:
     """A book of two chapters: chapter 1 cut to one exercise, and the real chapter 3."""
@@ -93,18 +91,15 @@ def _tiny_book(folder: Path) -> Path:
     (folder / "_config.yml").write_text(yaml.safe_dump(config))
     return folder
 
-
 @pytest.fixture(scope="module")
 def book(tmp_path_factory) -> Path:
     """The book, in a folder of its own (``book.parent``) that also holds the class folder,
     the gradebook, a HOME and what a submission might plant."""
     return _tiny_book(tmp_path_factory.mktemp("trust") / "book")
 
-
 def _student(book: Path, chapter: str):
     return A.student_notebook(_read(book / "notebooks" / f"{chapter}.ipynb"),
                               A.settings(book), f"{chapter}.ipynb")
-
 
 def _solved(book: Path, chapter: str = "01_patches"):
     key, nb = _read(book / "notebooks" / f"{chapter}.ipynb"), _student(book, chapter)
@@ -113,21 +108,17 @@ def _solved(book: Path, chapter: str = "01_patches"):
             cell.source = _by_id(key, A.grade_id(cell)).source
     return nb
 
-
 def _code(source: str):
     return nbformat.v4.new_code_cell(textwrap.dedent(source))
-
 
 def _exercise(nb, source: str):
     _by_id(nb, "my_patchify").source = textwrap.dedent(source)
     return nb
 
-
 def _insert_after(nb, gid: str, *cells):
     i = next(i for i, c in enumerate(nb.cells) if A.grade_id(c) == gid)
     nb.cells[i + 1:i + 1] = list(cells)
     return nb
-
 
 # --------------------------------------------------------------------------------------
 # The kernel cases: one class folder of the cut chapter 1.  Each row: the student, how the
@@ -139,7 +130,6 @@ def _copied_check(book, nb):  # 1: a pasted copy of the check, gutted, after the
     copy_.source, copy_.id = f"# NBVAL_CHECK_OUTPUT\nprint({VERDICT!r})", "pasted-below"
     return _insert_after(_exercise(nb, WRONG), "my_patchify-check", copy_)
 
-
 def _pasted_above(book, nb):  # 1: the gutted copy pasted above the exercise, which is wrong
     copy_ = nbformat.from_dict(_by_id(nb, "my_patchify-check"))
     copy_.source, copy_.id = f"# NBVAL_CHECK_OUTPUT\nprint({VERDICT!r})", "pasted-above"
@@ -148,28 +138,22 @@ def _pasted_above(book, nb):  # 1: the gutted copy pasted above the exercise, wh
     nb.cells.insert(i, _code("def my_patchify(imgs, p):\n    return imgs\n"))
     return _exercise(nb, WRONG)
 
-
 def _chapter_import(book, nb):  # 2: the chapter's own import of patchify
     return _exercise(nb, "def my_patchify(imgs, p):\n    return patchify(imgs, p)\n")
-
 
 def _importlib(book, nb):  # 2: the package reached by a name text search cannot see
     return _exercise(nb, """\
         import importlib
 
-
         def my_patchify(imgs, p):
             return importlib.import_module("mae_" + "from_scratch").patchify(imgs, p)
         """)
 
-
 def _bound(book, nb):  # 2: the exercise's name bound to the package's function
     return _exercise(nb, "my_patchify = patchify\n")
 
-
 def _partial(book, nb):  # 2: ... or wrapped in something that is not a function
     return _exercise(nb, "import functools\n\nmy_patchify = functools.partial(patchify)\n")
-
 
 def _rebinds(book, nb):  # 3: the comparison functions rebound
     return _exercise(nb, WRONG + textwrap.dedent("""\
@@ -177,7 +161,6 @@ def _rebinds(book, nb):  # 3: the comparison functions rebound
         torch.equal = lambda *a, **k: True
         torch.testing.assert_close = lambda *a, **k: None
         """))
-
 
 def _transformer(book, nb):  # 3: an input transformer that swaps the check for its verdict
     return _exercise(nb, WRONG + textwrap.dedent(f"""\
@@ -187,10 +170,8 @@ def _transformer(book, nb):  # 3: an input transformer that swaps the check for 
                 return ["print({VERDICT!r})\\n"]
             return lines
 
-
         get_ipython().input_transformers_cleanup.append(_swap)
         """))
-
 
 def _custom_exc(book, nb):  # 3: a custom exception handler that swallows the failure
     return _exercise(nb, WRONG + textwrap.dedent(f"""\
@@ -198,7 +179,6 @@ def _custom_exc(book, nb):  # 3: a custom exception handler that swallows the fa
         get_ipython().set_custom_exc(
             (AssertionError,), lambda *a, **k: print({VERDICT!r}))
         """))
-
 
 def _hides_torch(book, nb):  # 3: a name of the notebook's that hides the torch module
     return _exercise(nb, WRONG + textwrap.dedent("""\
@@ -210,7 +190,6 @@ def _hides_torch(book, nb):  # 3: a name of the notebook's that hides the torch 
             testing=types.SimpleNamespace(assert_close=lambda *a, **k: None))
         """))
 
-
 def _writes_home(book, nb):  # 4: writes into HOME and the folder it runs in
     return _insert_after(nb, "my_patchify-check", _code("""\
         from pathlib import Path
@@ -219,12 +198,10 @@ def _writes_home(book, nb):  # 4: writes into HOME and the folder it runs in
         Path("planted.txt").write_text("x")
         """))
 
-
 def _overwrites(book, nb):  # 4: overwrites a classmate's submission, by its absolute path
     victim = book.parent / "class" / "victim.ipynb"
     return _insert_after(nb, "my_patchify-check",
                          _code(f"open({str(victim)!r}, 'w').write('{{}}')\n"))
-
 
 def _detached(book, nb):  # 4: a detached process that outlives its notebook
     gradebook = book.parent / "out" / "grades.csv"
@@ -239,41 +216,33 @@ def _detached(book, nb):  # 4: a detached process that outlives its notebook
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         """))
 
-
 def _retyped(book, nb):  # 8: the exercise cell deleted, its code typed into a new cell
     i = next(i for i, c in enumerate(nb.cells) if A.grade_id(c) == "my_patchify")
     source = nb.cells[i].source
     nb.cells[i] = _code(source.replace("### BEGIN SOLUTION\n", "").replace("### END SOLUTION\n", ""))
     return nb
 
-
 def _deleted_exercise(book, nb):  # kept: no exercise at all
     nb.cells = [c for c in nb.cells if A.grade_id(c) != "my_patchify"]
     return nb
-
 
 def _gutted(book, nb):  # kept: the check edited to print its verdict
     _by_id(nb, "my_patchify-check").source = f"# NBVAL_CHECK_OUTPUT\nprint({VERDICT!r})"
     return _exercise(nb, WRONG)
 
-
 def _deleted_check(book, nb):  # kept: the check deleted
     nb.cells = [c for c in nb.cells if A.grade_id(c) != "my_patchify-check"]
     return nb
-
 
 def _asks_input(book, nb):  # kept: input() in the exercise
     return _exercise(nb, "name = input('name? ')\n\n\ndef my_patchify(imgs, p):\n"
                          "    return imgs\n")
 
-
 def _exits(book, nb):  # kept: sys.exit in the exercise
     return _exercise(nb, "import sys\n\nsys.exit(0)\n")
 
-
 def _loops(book, nb):  # kept: an endless loop
     return _exercise(nb, "def my_patchify(imgs, p):\n    while True:\n        pass\n")
-
 
 KERNEL_CASES = [
     # student, make, passed, first failure starts with, flags hold
@@ -309,7 +278,6 @@ KERNEL_CASES = [
     ("kept-endless-loop", _loops, 0, "my_patchify-check: Timeout of 20 seconds", []),
 ]
 
-
 @pytest.fixture(scope="module")
 def graded(book, tmp_path_factory, monkeypatch_module):
     """The class folder, graded once: (csv rows, results, what the test looks at after)."""
@@ -333,12 +301,10 @@ def graded(book, tmp_path_factory, monkeypatch_module):
         home=home, folder=folder, victim=victim, written=written, out=out,
         late=book.parent / "late.txt")
 
-
 @pytest.fixture(scope="module")
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as mp:
         yield mp
-
 
 @pytest.mark.slow
 @pytest.mark.notebooks
@@ -354,7 +320,6 @@ def test_kernel_case(graded, student, make, passed, failure, flags):
     assert len(result.flags) == len(flags), result.flags  # nothing else flagged
     assert rows[student]["passed"] == str(passed)
 
-
 @pytest.mark.slow
 @pytest.mark.notebooks
 def test_4_no_submission_reaches_outside_its_own_run(graded):
@@ -368,7 +333,6 @@ def test_4_no_submission_reaches_outside_its_own_run(graded):
     assert not seen["late"].exists()
     assert seen["out"].read_text() == seen["written"]
     assert "late" not in rows
-
 
 # --------------------------------------------------------------------------------------
 # 2, on the real chapter 3: its tables under other names (sincos_1d) and a hard-coded
@@ -403,7 +367,6 @@ def test_2_chapter_3_aliases_are_flagged_and_hard_coded_tables_fail(book, tmp_pa
     assert not ok and message.startswith("AssertionError"), message
     assert results["hard_coded"].flags == []
 
-
 # --------------------------------------------------------------------------------------
 # 10: a kernel that dies before replying is run again, once, and flagged.
 
@@ -428,7 +391,6 @@ def test_10_a_run_that_never_started_is_graded_again_once(book, monkeypatch):
     monkeypatch.setattr(grading, "_run_nbval", lambda *a: (calls.append(1), ({}, "x", None))[1])
     assert A.grade_one("r", path, key).passed == 0 and len(calls) == 2  # never a third time
 
-
 # --------------------------------------------------------------------------------------
 # Without a kernel: the book's folders, the gradebook, the class's chapter, the flags.
 
@@ -436,7 +398,6 @@ def _nb_of(chapter: str):
     nb = nbformat.v4.new_notebook()
     nb.metadata["mae_assignment"] = {"chapter": chapter, "ref": "x"}
     return nb
-
 
 def _folder(tmp_path: Path, files: dict) -> Path:
     folder = tmp_path / "subs"
@@ -446,7 +407,6 @@ def _folder(tmp_path: Path, files: dict) -> Path:
     folder.mkdir(exist_ok=True)
     return folder
 
-
 @pytest.fixture
 def no_grading(monkeypatch):
     """The grading itself must not start: each of these stops before it."""
@@ -454,14 +414,12 @@ def no_grading(monkeypatch):
         raise AssertionError("grading started")
     monkeypatch.setattr(grading, "grade_one", refuse)
 
-
 def _main(book, *argv):
     """(exit status or message, stdout) of the command line; SystemExit's text included."""
     try:
         return A.main(["--book", str(book), *map(str, argv)]), None
     except SystemExit as e:
         return e.code, None
-
 
 NO_KERNEL_CASES = {
     # 5: student notebooks never replace an answer key
@@ -511,7 +469,6 @@ NO_KERNEL_CASES = {
     "9-unknown-chapter": (lambda b, t: ["grade", t, "--chapter", "99"], "no chapter '99' in _toc.yml"),
 }
 
-
 @pytest.mark.parametrize("case", sorted(NO_KERNEL_CASES))
 def test_refused_in_one_line_before_any_work(book, tmp_path, no_grading, case):
     argv, expected = NO_KERNEL_CASES[case]
@@ -521,11 +478,9 @@ def test_refused_in_one_line_before_any_work(book, tmp_path, no_grading, case):
     assert expected in code, code
     assert {p.name: p.read_bytes() for p in (book / "notebooks").iterdir()} == keys
 
-
 def test_9_a_wrong_book_is_one_line(tmp_path):
     code, _ = _main(tmp_path / "nobook", "grade", tmp_path)
     assert code == f"--book {tmp_path / 'nobook'}: not a book folder (it needs _toc.yml and notebooks/)"
-
 
 def test_6_the_default_gradebook_is_named_after_the_chapter(book, tmp_path, monkeypatch):
     seen = {}
@@ -538,7 +493,6 @@ def test_6_the_default_gradebook_is_named_after_the_chapter(book, tmp_path, monk
     with pytest.raises(SystemExit, match="pass --overwrite"):
         A.main(["--book", str(book), "grade", str(folder)])
     assert A.main(["--book", str(book), "grade", str(folder), "--overwrite"]) == 0
-
 
 def test_6_the_gradebook_is_replaced_in_one_step(tmp_path, monkeypatch):
     """Written after all the grading, from memory: a failure while writing leaves the old
@@ -556,7 +510,6 @@ def test_6_the_gradebook_is_replaced_in_one_step(tmp_path, monkeypatch):
     assert out.read_text().splitlines()[1] == "a,1,1,pass,,"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.csv", "g.txt"]  # no leftovers
 
-
 def test_8_chapter_99_is_that_notebooks_note_and_the_class_goes_on(book, tmp_path):
     folder = _folder(tmp_path, {"a.ipynb": _nb_of("01_patches"), "b.ipynb": _nb_of("01_patches"),
                                 "odd.ipynb": _nb_of("99_nothing")})
@@ -566,7 +519,6 @@ def test_8_chapter_99_is_that_notebooks_note_and_the_class_goes_on(book, tmp_pat
     assert notes == {"a": "", "b": "",
                      "odd": "its metadata names chapter '99_nothing', which this book does not have"}
 
-
 def test_8_with_chapter_given_another_chapters_notebook_scores_0_with_why(tmp_path):
     folder = _folder(tmp_path, {"a.ipynb": _nb_of("01_patches"),
                                 "b.ipynb": _nb_of("03_positional_embeddings")})
@@ -575,7 +527,6 @@ def test_8_with_chapter_given_another_chapters_notebook_scores_0_with_why(tmp_pa
     A.decide_chapter(subs, names, "03_positional_embeddings")
     assert [s.note for s in subs] == [
         "this is chapter 01_patches's notebook, not 03_positional_embeddings's: not graded", ""]
-
 
 def test_8_a_folder_of_drafts_grades_the_newest_and_says_so(tmp_path):
     folder = _folder(tmp_path, {"alice/draft.ipynb": _nb_of("01_patches"),
@@ -590,12 +541,10 @@ def test_8_a_folder_of_drafts_grades_the_newest_and_says_so(tmp_path):
     assert alice.flags == ["2 notebooks: graded final.ipynb, the newest (also there: draft.ipynb)"]
     assert bob.path.name == "01_patches.ipynb" and bob.flags == []  # named after the chapter
 
-
 def test_the_instructors_page_says_what_grading_guarantees():
     page = (ROOT / "book" / "instructors.md").read_text()
     for text in ("What the grader guarantees", "What it does not", "no sandbox"):
         assert text in page, text
-
 
 # ======================================================================================
 # 7: recording a run (tools/record_run.py)
@@ -604,14 +553,12 @@ def test_the_instructors_page_says_what_grading_guarantees():
 RECORD = {"run.json", "log.txt", "log_steps.jsonl", "mask_ratios.png", "attention.npz", "eval.json",
           "recording.json"}
 
-
 @pytest.fixture(scope="module")
 def rr():
     spec = importlib.util.spec_from_file_location("record_run_under_test", ROOT / "tools" / "record_run.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
 
 def tree(root: Path, skip=()) -> dict:
     """Every file and folder under ``root`` (outside ``skip``): its bytes and mtime, or None for a folder."""
@@ -626,10 +573,8 @@ def tree(root: Path, skip=()) -> dict:
             found[p.relative_to(root).as_posix()] = (p.read_bytes(), p.stat().st_mtime_ns)
     return found
 
-
 def files(folder: Path) -> set:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-
 
 @pytest.fixture
 def engine(rr, monkeypatch):
@@ -671,19 +616,16 @@ def engine(rr, monkeypatch):
     monkeypatch.setattr(rr, "train_step_images_per_s", no_probe)
     return commands
 
-
 def record(rr, tmp_path, out, work, *flags, epochs=1):
     return rr.main(["--data_path", str(tmp_path / "data"), "--preset", "cpu_smoke", "--epochs", str(epochs),
                     "--recon_every", "1", "--max_images", "64", "--device", "cpu", "--compile", "off",
                     "--out", str(out), "--work", str(work), *flags])
-
 
 def refusal(rr, argv) -> str:
     with pytest.raises(SystemExit) as e:
         rr.main(argv)
     assert isinstance(e.value.code, str) and "\n" not in e.value.code  # one line, not a traceback
     return e.value.code
-
 
 def test_an_out_that_holds_a_record_is_refused_before_anything_runs(rr, engine, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
@@ -697,7 +639,6 @@ def test_an_out_that_holds_a_record_is_refused_before_anything_runs(rr, engine, 
                    "pass --overwrite to replace it, or choose another --out")
     assert len(engine) == 1 and tree(tmp_path) == before  # nothing written, not even the new --work
 
-
 def test_a_work_that_holds_a_run_is_refused_and_its_checkpoints_kept(rr, engine, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     assert record(rr, tmp_path, out, work, epochs=3) == 0
@@ -708,7 +649,6 @@ def test_a_work_that_holds_a_run_is_refused_and_its_checkpoints_kept(rr, engine,
     assert e.value.code == (f"--work {work} already holds a run (checkpoint-last.pth); pass --overwrite to "
                             "replace it, or choose another --work")
     assert len(engine) == 1 and tree(tmp_path) == before  # checkpoints: same bytes, same mtimes; no new-out
-
 
 def test_overwrite_replaces_a_longer_record_and_nothing_else(rr, engine, tmp_path):
     out, work = tmp_path / "recorded" / "run", tmp_path / "work"
@@ -735,7 +675,6 @@ def test_overwrite_replaces_a_longer_record_and_nothing_else(rr, engine, tmp_pat
     assert tree(tmp_path, skip=(out, work)) == around
     assert {n for n in RECORD | {"recon"} if (ROOT / n).exists()} == at_root
 
-
 def test_an_old_run_never_reaches_the_record(rr, engine, tmp_path, monkeypatch):
     """With --overwrite the old record is cleared first; if the engine then refuses (another
     run holds --work, say) the old run's files in --work must not be copied in instead."""
@@ -750,7 +689,6 @@ def test_an_old_run_never_reaches_the_record(rr, engine, tmp_path, monkeypatch):
     with pytest.raises(InputError):
         record(rr, tmp_path, out, work, "--overwrite")
     assert files(out) == {"recording.json"} and tree(work) == work_before
-
 
 @pytest.mark.parametrize("other", ["notes.md", "recon/notes.txt", "linked recon"])
 def test_an_out_with_other_files_is_refused_even_with_overwrite(rr, engine, tmp_path, other):
@@ -773,7 +711,6 @@ def test_an_out_with_other_files_is_refused_even_with_overwrite(rr, engine, tmp_
                    "folder for --out (--overwrite replaces only a recorded run's own files)")
     assert engine == [] and tree(tmp_path) == before
 
-
 def test_the_two_folders_must_not_overlap(rr, engine, tmp_path):
     out = tmp_path / "out"
     for work in (out, out / "checkpoints"):
@@ -782,7 +719,6 @@ def test_the_two_folders_must_not_overlap(rr, engine, tmp_path):
         assert msg == (f"--out {out} and --work {work} overlap; the recorded run and the run folder "
                        "(checkpoints, full logs) must be two separate folders")
     assert engine == [] and not out.exists()
-
 
 def test_temporaries_a_kill_left_belong_to_the_record(rr, tmp_path):
     out = tmp_path / "out"
@@ -802,7 +738,6 @@ def test_temporaries_a_kill_left_belong_to_the_record(rr, tmp_path):
     (tmp_path / "copy").mkdir()
     rr.copy_run_files(work, tmp_path / "copy")
     assert files(tmp_path / "copy") == {"recon/epoch-0001.png"}
-
 
 @pytest.mark.slow
 def test_overwrite_with_the_real_engine(rr, tmp_path):
@@ -824,22 +759,12 @@ def test_overwrite_with_the_real_engine(rr, tmp_path):
     assert "checkpoint-2.pth" not in files(work) and len((work / "log.txt").read_text().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out", "work"] and tree(data) == data_before
 
-
 # ======================================================================================
 # 11-14: evaluation and resume
 # ======================================================================================
 
 MICRO = "mae_vit_micro_patch4_32"
 QUIET = ["--device", "cpu", "--num_workers", "0", "--no_progress"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ---------------------------------------------------------------------------------- what the cases share
 class Work:
@@ -884,11 +809,9 @@ class Work:
     def names(self) -> dict:
         return {"folder": self.folder, "other": self.other, "ckpt": self.ckpt, "root": self.root}
 
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     return Work(tmp_path_factory.mktemp("trust"))
-
 
 @dataclass
 class Outcome:
@@ -896,7 +819,6 @@ class Outcome:
     out: list  # stdout lines
     err: list  # stderr lines
     json: dict | None  # stdout's last line, when it is JSON
-
 
 def _call(main, argv, cwd=None) -> Outcome:
     out, err = io.StringIO(), io.StringIO()
@@ -917,19 +839,15 @@ def _call(main, argv, cwd=None) -> Outcome:
         result = None
     return Outcome(rc, lines, err.getvalue().strip().splitlines(), result)
 
-
 def evaluate(*argv, cwd=None) -> Callable:
     """A row's run: ``python -m mae_from_scratch.evaluate ARGV`` (single-process, quiet flags added)."""
     return lambda w, mp: _call(E.main, [*(a(w) if callable(a) else a for a in argv), *QUIET], cwd(w) if cwd else None)
 
-
 def pretrain(argv: Callable) -> Callable:
     return lambda w, mp: _call(P.main, argv(w))
 
-
 class ReachedTheData(Exception):
     """Raised where pretraining builds its data: every resume check of the configuration passed."""
-
 
 def pretrain_to_the_data(argv: Callable) -> Callable:
     """Run pretraining up to its data stage; the outcome's JSON is the configuration there."""
@@ -946,7 +864,6 @@ def pretrain_to_the_data(argv: Callable) -> Callable:
         return Outcome(0, [], [], seen)
     return run
 
-
 @dataclass
 class Case:
     run: Callable  # (work, monkeypatch) -> Outcome
@@ -955,21 +872,17 @@ class Case:
     fields: dict = field(default_factory=dict)  # JSON fields, by value
     then: Callable | None = None  # further checks: (work, outcome, monkeypatch)
 
-
 # ---------------------------------------------------------------------------------- 11: the data path
 def _from_the_checkpoint_elsewhere(w, o, mp):
     # Run from a folder that holds a data/ folder of its own (other classes, 4 images a split).
     assert o.out[0] == f"data: {w.folder}, from the checkpoint (--data_path reads other data)"
     assert o.json["data_images"] == {"train": 24, "test": 24} and o.json["train_images"] == 24
 
-
 def _relative_checkpoint(w):
     return w.checkpoint_with("relative.pth", data_path="data")
 
-
 def _gone_checkpoint(w):
     return w.checkpoint_with("gone.pth", data_path=str(w.root / "gone"))
-
 
 # ---------------------------------------------------------------------------------- 12: resume
 def _refusal(changes: tuple, what: str | None, flags: str, given: str) -> str:
@@ -979,7 +892,6 @@ def _refusal(changes: tuple, what: str | None, flags: str, given: str) -> str:
     return (f"{{ckpt}} was trained with {changes[0]}, but {changes[1]} {change}; leave {flags} out (or give "
             f"{given}) to continue it, or choose another --output_dir for a new run")
 
-
 def _kept(w, o, mp):
     v, s = o.json["values"], o.json["sources"]
     assert (v["seed"], v["mask_ratio"], v["blr"], v["batch_size"], v["epochs"], v["loader"]) == (3, 0.6, 0.02, 4, 2,
@@ -988,7 +900,6 @@ def _kept(w, o, mp):
     assert v["lr"] == 0.02 * 4 / 256  # the checkpoint's absolute rate, not the preset's blr times its batch
     for name in ("seed", "mask_ratio", "blr", "batch_size", "epochs", "loader", "data_path", "lr"):
         assert s[name] == "checkpoint", name
-
 
 def _segments(w, o, mp):
     rec = json.loads((w.root / "extended" / RUN_INFO).read_text())
@@ -1002,7 +913,6 @@ def _segments(w, o, mp):
     assert rec["args"]["epochs"] == 3 and rec["epochs_scheduled"] == 3
     assert load_training_checkpoint(w.root / "extended" / P.LAST_CHECKPOINT)["step"] == 3
 
-
 def _extend(w):
     out = w.root / "extended"
     if not out.exists():
@@ -1010,11 +920,9 @@ def _extend(w):
     return ["--preset", "cpu_smoke", "--output_dir", str(out), "--auto_resume", "--no_progress", "--epochs", "3",
             "--max_steps", "3"]
 
-
 def _moved(w):
     return ["--preset", "cpu_smoke", "--resume", _gone_checkpoint(w), "--output_dir", w.root / "moved",
             "--data_path", w.folder, "--no_progress"]
-
 
 # ---------------------------------------------------------------------------------- 13: STL-10, one class
 class FakeSTL10(torch.utils.data.Dataset):
@@ -1040,7 +948,6 @@ class FakeSTL10(torch.utils.data.Dataset):
         img = Image.fromarray(self.images[i])
         return (img if self.transform is None else self.transform(img)), int(self.labels[i])
 
-
 def stl10(*argv) -> Callable:
     def run(w, mp):
         import torchvision.datasets
@@ -1050,10 +957,8 @@ def stl10(*argv) -> Callable:
         return evaluate(*argv, "--checkpoint", "random", "--model", MICRO, "--dataset", "stl10")(w, mp)
     return run
 
-
 def _labelled_splits_only(w, o, mp):
     assert FakeSTL10.asked[:2] == ["train", "test"] and "train+unlabeled" not in FakeSTL10.asked
-
 
 def _pretraining_still_reads_the_unlabelled_images(w, mp):
     import torchvision.datasets
@@ -1065,7 +970,6 @@ def _pretraining_still_reads_the_unlabelled_images(w, mp):
     return Outcome(0, [], [], {"asked": FakeSTL10.asked, "sizes": [len(ds), len(labelled)],
                                "unlabelled": int((ds.labels == -1).sum()), "lowest": int(labelled.labels.min())})
 
-
 def _one_of_24(w, o, mp):
     # The one image --max_train 1 keeps: the first of a permutation seeded 0 of 24, 8 a class, in folder order.
     first = torch.randperm(24, generator=torch.Generator().manual_seed(0))[0].item()
@@ -1073,14 +977,12 @@ def _one_of_24(w, o, mp):
                      "any classifier scores 1.0 there, so the accuracy would measure nothing; give a data set of at "
                      "least 2 classes"]
 
-
 # ---------------------------------------------------------------------------------- 14: silently wrong reports
 def _same_as_k_24(w, o, mp):
     again = evaluate("knn", "--checkpoint", "random", "--model", MICRO, "--dataset", "imagefolder", "--data_path",
                      lambda w: w.folder, "--k", "24")(w, mp)
     assert again.json["k"] == 24 and "k_clipped_from" not in again.json
     assert o.json["accuracy"] == again.json["accuracy"]  # all 24 training images voted
-
 
 def _input_sizes(w, mp):
     def size(*argv):
@@ -1095,7 +997,6 @@ def _input_sizes(w, mp):
         "the preset's model": size("--preset", "cpu_smoke", "--model", MICRO),
         "tiny/8 at 64": size("--preset", "cpu_smoke", "--model", "mae_vit_tiny_patch8_64"),
     })
-
 
 def _interrupted_in_epoch(k: int) -> Callable:
     """Fine-tuning on the folder for 5 epochs, with a real SIGINT sent during epoch ``k`` (from 1)."""
@@ -1119,11 +1020,9 @@ def _interrupted_in_epoch(k: int) -> Callable:
             signal.signal(signal.SIGINT, old)
     return run
 
-
 def _two_epochs_said(w, o, mp):
     assert [line.split(":")[0] for line in o.out] == ["finetune epoch 1/5", "finetune epoch 2/5"]
     assert all(0 <= float(line.rsplit(" ", 1)[1]) <= 1 for line in o.out)
-
 
 def _in_a_process(w, mp):
     """The real thing: a command in its own process, Ctrl-C (SIGINT) once it has said an epoch."""
@@ -1146,33 +1045,26 @@ def _in_a_process(w, mp):
         timer.cancel()
     return Outcome(proc.returncode, [first.strip(), *out.strip().splitlines()], err.strip().splitlines(), None)
 
-
 def _said_before_the_signal(w, o, mp):
     assert o.out[0].startswith("finetune epoch 1/200: validation accuracy ") and "Traceback" not in "\n".join(o.err)
     done = len(o.out)
     assert o.err == [f"error: interrupted in fine-tuning epoch {done + 1} of 200, before the test accuracy; the "
                      f"validation accuracies of the {done} epoch{'s' * (done > 1)} done are printed above"]
 
-
 def _saved_args(w, mp):
     return Outcome(0, [], [], load_training_checkpoint(w.ckpt)["args"])
-
 
 def _absolute(w, o, mp):
     assert o.json["data_path"] == str(w.folder) and os.path.isabs(o.json["data_path"])
 
-
 def _the_folder(w, o, mp):
     assert o.json["data_path"] == str(w.folder)
-
 
 def _the_folder_in_the_config(w, o, mp):
     assert o.json["values"]["data_path"] == str(w.folder) and o.json["values"]["effective_batch"] == 4
 
-
 def _no_line(w, o, mp):
     assert o.out == []
-
 
 FOLDER = ("--dataset", "imagefolder", "--data_path", lambda w: w.folder)
 CASES = {
@@ -1294,7 +1186,6 @@ CASES = {
     "14-sigint-to-a-finetune-process": Case(_in_a_process, rc=130, then=_said_before_the_signal),
 }
 SLOW = {"14-sigint-to-a-finetune-process"}  # a process of its own: torch's import and a few epochs, about 20 s
-
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=i, marks=[pytest.mark.slow] if i in SLOW else [])
                                   for i, c in CASES.items()])
