@@ -105,3 +105,26 @@ def encoder_attention(model: MaskedAutoencoderViT, imgs: torch.Tensor) -> torch.
         maps.append((q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1))
     return torch.stack(maps, dim=1).float().cpu()
 
+
+
+@torch.no_grad()
+def block_features(model: MaskedAutoencoderViT, imgs: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+    """The pooled output of every encoder block on all patches: ``(depth, N, D)``.
+
+    Block ``k``'s tokens as they leave it, before the final LayerNorm (which was
+    trained for the last block's output only), pooled like
+    :meth:`~mae_from_scratch.model.MaskedAutoencoderViT.forward_features`.  A linear
+    probe reads them through its own BatchNorm, so their scale does not matter.
+    """
+    if pool not in ("cls", "mean"):
+        raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+    model.eval()
+    outputs = []
+    hooks = [blk.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for blk in model.blocks]
+    try:
+        model.forward_features(imgs.to(next(model.parameters()).device), pool="none")
+    finally:
+        for h in hooks:
+            h.remove()
+    pooled = [t[:, 0] if pool == "cls" else t[:, 1:].mean(dim=1) for t in outputs]
+    return torch.stack(pooled).float().cpu()

@@ -190,6 +190,47 @@ def test_finetune_transform_augments_pil_images():
     assert any(type(s).__name__ == "RandAugment" for s in t.transforms)
 
 
+def test_finetune_randaugment_is_torchvisions_magnitude_9_of_30():
+    # finetune_transform's docstring: about 0.3 of each operation's largest change, a third of the paper's
+    # timm m9 on 0-10.  A change of torchvision's default bins would change that statement.
+    (ra,) = [s for s in finetune_transform(32).transforms if type(s).__name__ == "RandAugment"]
+    assert (ra.num_ops, ra.magnitude, ra.num_magnitude_bins) == (2, 9, 31)
+    assert ra.magnitude / (ra.num_magnitude_bins - 1) == pytest.approx(0.3)
+    assert not any(type(s).__name__ == "RandAugment" for s in finetune_transform(32, rand_augment=False).transforms)
+
+
+def test_classifier_normalizes_every_token_before_pooling(micro_config):
+    # The departure Classifier names: the pretrained final norm on each token, then the mean -- not the mean of
+    # the raw tokens, then a norm (the official fc_norm).  With pool="cls" the norm is applied to the cls token.
+    torch.manual_seed(0)
+    encoder = MaskedAutoencoderViT(**micro_config).eval()
+    with torch.no_grad():  # a norm that is not the identity, as after pretraining
+        encoder.norm.weight.uniform_(0.5, 1.5)
+        encoder.norm.bias.uniform_(-0.5, 0.5)
+    raw = []
+    hook = encoder.norm.register_forward_pre_hook(lambda _m, args: raw.append(args[0]))
+    imgs = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        mean = Classifier(encoder, 3, pool="mean").encoder.forward_features(imgs, pool="mean")
+        cls = Classifier(encoder, 3, pool="cls").encoder.forward_features(imgs, pool="cls")
+    hook.remove()
+    tokens = raw[0]
+    torch.testing.assert_close(mean, encoder.norm(tokens)[:, 1:].mean(dim=1))
+    assert not torch.allclose(mean, encoder.norm(tokens[:, 1:].mean(dim=1)), atol=1e-3)
+    torch.testing.assert_close(cls, encoder.norm(tokens[:, 0]))
+
+
+def test_finetune_keeps_the_position_table_frozen(micro_config):
+    # The other departure Classifier names: the sin-cos table does not train (the official one does).
+    torch.manual_seed(0)
+    encoder = MaskedAutoencoderViT(**micro_config)
+    table = encoder.pos_embed.detach().clone()
+    batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))] * 2
+    finetune(encoder, batches, None, num_classes=3, epochs=1, warmup_epochs=0.0, blr=1e-2)
+    assert not encoder.pos_embed.requires_grad
+    assert torch.equal(encoder.pos_embed, table)
+
+
 # ---------------------------------------------------------------------------------- the command
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):

@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from _engine_helpers import cifar_tar_path
-from mae_from_scratch.recorded_runs import CPU_RUN, RECORDED, RECORDING, load_recorded_run
+from mae_from_scratch.recorded_runs import (CPU_RUN, MODEL_FILE, RECORDED, RECORDING, load_recorded_model,
+                                            load_recorded_run)
+from mae_from_scratch.model import create_model
 from mae_from_scratch.run_info import RUN_INFO, file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,11 +158,73 @@ def test_evaluation_is_complete_and_consistent():
 
 
 def test_only_small_files_and_no_checkpoints():
+    """Every file under 1 MB, except the half-precision model, under 3 MB; no training checkpoint."""
     files = [p for p in FOLDER.rglob("*") if p.is_file()]
     assert files
     for p in files:
+        if p.name == MODEL_FILE:
+            assert p.stat().st_size < 3_000_000, f"{p} is {p.stat().st_size:,} bytes"
+            continue
         assert p.suffix in {".json", ".jsonl", ".txt", ".png", ".npz"}, p
         assert p.stat().st_size < 1_000_000, f"{p} is {p.stat().st_size:,} bytes"
+
+
+def test_the_shipped_model_is_the_one_its_record_names(tmp_path):
+    """The half-precision model loads into the run's architecture, its sha256 is the one
+    recording.json gives, and a file that differs by one byte is refused, with a message."""
+    rec = load_recorded_run(CPU_RUN)
+    assert rec.recording["model_sha256"] == file_sha256(FOLDER / MODEL_FILE)
+    model = load_recorded_model(CPU_RUN)
+    assert not model.training and model.norm_pix_loss is True
+    assert model.config.embed_dim == 96 and len(model.blocks) == 4  # mae_vit_micro_patch4_32, as run.json says
+    assert rec.run_info["args"]["model"] == "mae_vit_micro_patch4_32"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    # The weights are the trained ones, not an initialization: they differ from seed 0's.
+    torch.manual_seed(0)
+    fresh = create_model("mae_vit_micro_patch4_32")
+    assert not torch.allclose(model.blocks[0].attn.qkv.weight, fresh.blocks[0].attn.qkv.weight, atol=1e-2)
+    copy = tmp_path / CPU_RUN
+    shutil.copytree(FOLDER, copy)
+    data = bytearray((copy / MODEL_FILE).read_bytes())
+    data[-100] ^= 1
+    (copy / MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        load_recorded_model(CPU_RUN, folder=copy)
+    (copy / MODEL_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="ships no model"):
+        load_recorded_model(CPU_RUN, folder=copy)
+
+
+@pytest.mark.slow
+def test_the_shipped_model_reproduces_the_recorded_knn():
+    """Its frozen features give eval.json's kNN accuracies (cls and mean) within half a point,
+    on the whole CIFAR-10 splits: the half-precision weights are the run's encoder."""
+    tar = cifar_tar_path()
+    if not tar.is_file():
+        pytest.skip(f"the CIFAR-10 archive the run was evaluated on is not here ({tar})")
+    from mae_from_scratch import data as D
+    from mae_from_scratch.knn import knn_accuracy
+
+    rec = load_recorded_run(CPU_RUN)
+    info = D.dataset_info("cifar10")
+    t = D.eval_transform(32, info.mean, info.std)
+    train = D.build_dataset("cifar10", "train", str(tar), transform=t)
+    test = D.build_dataset("cifar10", "test", str(tar), transform=t, classes=train.classes)
+    model = load_recorded_model(CPU_RUN)
+
+    def features(ds):
+        feats, labels = [], []
+        with torch.no_grad():
+            for x, y in torch.utils.data.DataLoader(ds, batch_size=1000, num_workers=2):
+                tokens = model.forward_features(x, pool="none")
+                feats.append(torch.stack([tokens[:, 0], tokens[:, 1:].mean(dim=1)]))
+                labels.append(torch.as_tensor(y))
+        return torch.cat(feats, dim=1), torch.cat(labels)
+
+    (ftr, ytr), (fte, yte) = features(train), features(test)
+    for i, pool in enumerate(("cls", "mean")):
+        acc = knn_accuracy(ftr[i], ytr, fte[i], yte, num_classes=10, **rec.eval["protocol"]["knn"])
+        assert acc == pytest.approx(rec.eval[f"trained_{pool}"]["knn"], abs=0.005), pool
 
 
 @pytest.mark.slow
