@@ -8,9 +8,13 @@ real images; and random crops of them are the offline training set
 
 Held out means held out.  Every photograph is split once, by columns: crops
 for training come from its left three quarters, crops for testing
-(``split="test"``) from its right quarter.  No test crop shares a pixel with any
-training crop, whatever the seeds, so a reconstruction or a kNN accuracy
-measured on test crops is measured on pixels the model never saw.
+(``split="test"``) from its right quarter.  A bicubic resize reads past the box
+it resizes (up to 1.5 times the shrink factor: 12 pixels for a crop shrunk 8
+times), so each side of the cut is shrunk and cropped from its own pixels only:
+every value of a training crop is computed from pixels left of the cut, every
+value of a test crop from pixels right of it, whatever the seeds.  A
+reconstruction or a kNN accuracy measured on test crops is measured on pixels
+the model never saw.
 """
 
 from __future__ import annotations
@@ -85,19 +89,50 @@ def split_columns(width: int, split: str) -> tuple[int, int]:
     return (0, edge) if split == "train" else (edge, width)
 
 
-@functools.lru_cache(maxsize=4)
-def _shrunk_photos(size: int) -> tuple:
-    """The offline photos as PIL images, shrunk once so that the shorter side is at most
-    ``8 * size`` (crops are then cheap to resize).  Cached: decoding them takes a second."""
+def _shrink(photo, size: int):
+    """``photo`` (PIL) shrunk in place so that its shorter side is at most ``8 * size``."""
     from PIL import Image
 
-    photos = []
+    short = min(photo.size)
+    photo.thumbnail((8 * size * photo.width // short, 8 * size * photo.height // short), Image.BICUBIC)
+    return photo
+
+
+def _cut(width: int, shrunk_width: int) -> int:
+    """The column of the original photograph, ``width`` pixels wide, where the split falls
+    in its shrunk version (at :func:`held_out_start` of ``shrunk_width``)."""
+    return round(held_out_start(shrunk_width) * width / shrunk_width)
+
+
+@functools.lru_cache(maxsize=4)
+def _shrunk_photos(size: int) -> dict:
+    """For each split, the offline photos shrunk once (:func:`_shrink`: crops are then cheap
+    to resize), each as ``(region, start)``: the split's columns of the shrunk photo
+    (:func:`split_columns`) as a PIL image, and the first of them.  Cached: decoding the
+    photos takes a second.
+
+    A split's region holds nothing of the other side of the cut (:func:`_cut`).  Shrinking
+    blends neighbouring pixels, so before it the other side is replaced by copies of the
+    column next to the cut.  The photo keeps its size, so the shrunk grid is the whole
+    photo's, and away from the cut the pixels are those of the whole photo shrunk."""
+    from PIL import Image
+
+    regions = {split: [] for split in SPLITS}
     for n in OFFLINE_PHOTOS:
-        photo = Image.fromarray(offline_photo(n)).convert("RGB")
-        short = min(photo.size)
-        photo.thumbnail((8 * size * photo.width // short, 8 * size * photo.height // short), Image.BICUBIC)
-        photos.append(photo)
-    return tuple(photos)
+        photo = np.asarray(Image.fromarray(offline_photo(n)).convert("RGB"))
+        h, w = photo.shape[:2]
+        shrunk_width = _shrink(Image.new("L", (w, h)), size).width
+        cut = _cut(w, shrunk_width)
+        for split in SPLITS:
+            side = photo.copy()
+            if split == "train":
+                side[:, cut:] = side[:, cut - 1 : cut]
+            else:
+                side[:, :cut] = side[:, cut : cut + 1]
+            shrunk = _shrink(Image.fromarray(side), size)
+            start, stop = split_columns(shrunk.width, split)
+            regions[split].append((shrunk.crop((start, 0, stop, shrunk.height)), start))
+    return regions
 
 
 class PhotoCrops(torch.utils.data.Dataset):
@@ -108,10 +143,11 @@ class PhotoCrops(torch.utils.data.Dataset):
     nine-way "which photo is this?" task for kNN and linear probes.
 
     ``split="train"`` crops come from the left three quarters of each photograph,
-    ``split="test"`` crops from its right quarter (:func:`split_columns`), so the two
-    splits never share a pixel.  A crop's side covers ``min_scale`` to all of its
-    region's shorter side; ``seed`` fixes the crops.  ``boxes[i]`` is crop ``i``'s
-    ``(left, top, right, bottom)`` in the (shrunk) photograph ``targets[i]``.
+    ``split="test"`` crops from its right quarter (:func:`split_columns`), each made
+    from the pixels of its own side of the cut only, so the two splits never share a
+    pixel.  A crop's side covers ``min_scale`` to all of its region's shorter side;
+    ``seed`` fixes the crops.  ``boxes[i]`` is crop ``i``'s ``(left, top, right, bottom)``
+    in the (shrunk) photograph ``targets[i]``.
     """
 
     def __init__(self, num_images: int = 4096, size: int = 64, seed: int = 0, min_scale: float = 0.1,
@@ -122,24 +158,25 @@ class PhotoCrops(torch.utils.data.Dataset):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.classes = list(OFFLINE_PHOTOS)
         self.split = split
-        photos = _shrunk_photos(size)
+        regions = _shrunk_photos(size)[split]
         g = torch.Generator().manual_seed(seed)
         self.images, self.targets, self.boxes = [], [], []
         for _ in range(num_images):
-            label = int(torch.randint(len(photos), (1,), generator=g))
-            w, h = photos[label].size
-            start, stop = split_columns(w, split)
-            short = min(stop - start, h)
+            label = int(torch.randint(len(regions), (1,), generator=g))
+            region, start = regions[label]
+            w, h = region.size
+            short = min(w, h)
             scale = min_scale + (1 - min_scale) * torch.rand(1, generator=g).item()
             # At least `size` pixels (no upsampling) where the region allows it.
             s = min(short, max(size, int(short * scale)))
-            left = start + int(torch.randint(stop - start - s + 1, (1,), generator=g))
+            left = int(torch.randint(w - s + 1, (1,), generator=g))
             top = int(torch.randint(h - s + 1, (1,), generator=g))
-            box = (left, top, left + s, top + s)
+            # Resized from the region, not the photo: the filter's reach ends at the cut.
             # reducing_gap: shrink by an integer factor first (box filter), then bicubic: 20x faster.
-            self.images.append(photos[label].resize((size, size), Image.BICUBIC, box=box, reducing_gap=3.0))
+            crop = region.resize((size, size), Image.BICUBIC, box=(left, top, left + s, top + s), reducing_gap=3.0)
+            self.images.append(crop)
             self.targets.append(label)
-            self.boxes.append(box)
+            self.boxes.append((start + left, top, start + left + s, top + s))
 
     def __len__(self) -> int:
         return len(self.images)

@@ -14,7 +14,7 @@ from _engine_helpers import cifar_tar_path, make_image_folder
 from mae_from_scratch import data as D
 from mae_from_scratch import evaluate as E
 from mae_from_scratch.engine import train_steps
-from mae_from_scratch.features import extract_features, load_encoder
+from mae_from_scratch.features import block_features, extract_features, load_encoder
 from mae_from_scratch.finetune import finetune
 from mae_from_scratch.knn import knn_accuracy, knn_evaluation, knn_predict
 from mae_from_scratch.linear_probe import linear_probe, linear_probe_evaluation
@@ -420,3 +420,23 @@ def test_finetune_without_val_images_on_a_small_folder_holds_out_a_fifth(folder,
     assert printed == ["validation split: 4 of the 24 training images held out (1/5, at most 5000; "
                        "--val_images N sets the number, 0 holds out none)",
                        f"finetune epoch 1/1: validation accuracy {res['val_accuracy'][0]:.4f}"]
+
+
+def test_block_features_are_each_blocks_output_pooled():
+    """Block k's tokens as they leave it: block 1 recomputed by hand, and the last block's
+    cls token, through the final norm, is forward_features' cls feature."""
+    torch.manual_seed(0)
+    m = mae_vit_micro_patch4_32().eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        feats = {pool: block_features(m, x, pool) for pool in ("cls", "mean")}
+        assert feats["mean"].shape == feats["cls"].shape == (len(m.blocks), 3, 96)
+        tokens = torch.cat([(m.cls_token + m.pos_embed[:, :1]).expand(3, -1, -1),
+                            m.patch_embed(x) + m.pos_embed[:, 1:]], dim=1)
+        first = m.blocks[0](tokens)
+        torch.testing.assert_close(feats["cls"][0], first[:, 0])
+        torch.testing.assert_close(feats["mean"][0], first[:, 1:].mean(dim=1))
+        torch.testing.assert_close(m.norm(feats["cls"][-1]), m.forward_features(x, pool="cls"))
+    assert not torch.allclose(feats["mean"][0], feats["mean"][-1])
+    with pytest.raises(ValueError, match="pool must be"):
+        block_features(m, x, "none")

@@ -7,6 +7,8 @@ A chapter is its own answer key:
 - an *exercise cell* holds its reference solution between ``### BEGIN SOLUTION`` and
   ``### END SOLUTION``; the next code cell is its *check cell* (asserts);
 - a *written answer* is a markdown cell that starts with ``MODEL_ANSWER``, graded by hand;
+  the prompt above it may say the model answer is folded under the answer cell, a clause the
+  student version drops (:func:`student_prompt`);
 - a check cell may hold ``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS``;
 - a cell whose first line is ``# NBVAL_CHECK_OUTPUT`` is checked against its saved output.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import re
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -23,6 +26,13 @@ CODE_STUB = ["# YOUR CODE HERE", "raise NotImplementedError()"]
 ANSWER_STUB = "YOUR ANSWER HERE"
 # A written answer's cell: a MyST dropdown (folded in the book) holding the model answer.
 MODEL_ANSWER = "```{admonition} A model answer"
+# The book's prompt for a written answer, "Write your answer in the cell below; the model
+# answer is folded under it.", as a clause or as a sentence of its own.  A student notebook
+# has no model answer, so it loses them; any other mention of one is refused.
+_FOLDED = r"the\s+model\s+answer\s+is\s+folded\s+under\s+it"
+_FOLDED_CLAUSE = re.compile(r"\s*[;,]\s*" + _FOLDED + r"(?=\.)", re.IGNORECASE)
+_FOLDED_SENTENCE = re.compile(r"[ \t]*\b" + _FOLDED + r"\.", re.IGNORECASE)
+_MENTION = re.compile(r"model\s+answer", re.IGNORECASE)
 
 
 def _meta(cell) -> dict:
@@ -91,8 +101,26 @@ def without_hidden_tests(source: str) -> str:
     return _replace_region(source, BEGIN_HIDDEN, END_HIDDEN, None)
 
 
+def student_prompt(source: str) -> str:
+    """``source`` without the book's pointer to the folded model answer, which a student
+    notebook does not hold: "Write your answer in the cell below; the model answer is folded
+    under it." becomes "Write your answer in the cell below."  Raises ``ValueError`` if a
+    model answer is still mentioned: the sentence is worded in a way this does not know, and
+    shipping it would send students looking for an answer that is not there."""
+    src = _FOLDED_SENTENCE.sub("", _FOLDED_CLAUSE.sub("", source))
+    found = _MENTION.search(src)
+    if found:
+        line = src[: found.start()].count("\n") + 1
+        text = src.split("\n")[line - 1].strip()
+        raise ValueError(f"line {line} mentions a model answer, which the student notebook does not "
+                         f"hold: {text!r}.  Word it as the book's prompt (\"Write your answer in the "
+                         f"cell below; the model answer is folded under it.\") or drop the mention")
+    return src
+
+
 def student_source(cell) -> str:
-    """What the student sees of a cell."""
+    """What the student sees of a cell (``ValueError`` from :func:`student_prompt` if it
+    would mention a model answer)."""
     src = cell.source
     if cell.cell_type == "markdown" and is_solution(cell) and BEGIN_SOLUTION not in src:
         return ANSWER_STUB
@@ -103,7 +131,7 @@ def student_source(cell) -> str:
             src = _replace_region(src, BEGIN_SOLUTION, END_SOLUTION, CODE_STUB)
     if BEGIN_HIDDEN in src:
         src = without_hidden_tests(src)
-    return src
+    return student_prompt(src) if cell.cell_type == "markdown" else src
 
 
 def annotate_notebook(nb) -> bool:

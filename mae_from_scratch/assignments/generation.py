@@ -1,6 +1,7 @@
 """Student notebooks from the chapters: solutions replaced by stubs, hidden tests removed,
-outputs cleared except those nbval compares, an "Open in Colab" badge, and the setup cell's
-install pinned to the ref set under ``assignments:`` in the book's ``_config.yml``."""
+written-answer prompts without their pointer to the model answer, outputs cleared except those
+nbval compares, an "Open in Colab" badge, and the setup cell's install pinned to the ref set
+under ``assignments:`` in the book's ``_config.yml``."""
 
 from __future__ import annotations
 
@@ -28,8 +29,11 @@ def student_notebook(nb, s: Settings, name: str):
     import nbformat
 
     out = copy.deepcopy(nb)
-    for cell in out.cells:
-        cell.source = student_source(cell)
+    for i, cell in enumerate(out.cells):
+        try:
+            cell.source = student_source(cell)
+        except ValueError as e:
+            raise ValueError(f"{name}, cell {i} (id {cell.get('id')}): {e}") from None
         cell.metadata.pop("execution", None)
         if cell.cell_type != "code":
             continue
@@ -86,19 +90,19 @@ def generate(book: Path | None = None, out_dir: Path | None = None, check: bool 
     out_dir = book / s.folder if out_dir is None else Path(out_dir)
     if not check:
         refuse_answer_keys(out_dir)
+    # Every notebook made before any is written: a chapter refused (ValueError) leaves the
+    # class folder as it was.
+    texts = {path.name: nbformat.writes(student_notebook(nbformat.read(path, as_version=4), s, path.name)) + "\n"
+             for path in chapters(book) if only is None or path.stem in only}
     names = []
-    for path in chapters(book):
-        if only is not None and path.stem not in only:
-            continue
-        nb = nbformat.read(path, as_version=4)
-        text = nbformat.writes(student_notebook(nb, s, path.name)) + "\n"
-        target = out_dir / path.name
+    for name, text in texts.items():
+        target = out_dir / name
         if check:
             if not target.is_file() or target.read_text() != text:
-                names.append(path.name)
+                names.append(name)
             continue
         out_dir.mkdir(parents=True, exist_ok=True)
         if not target.is_file() or target.read_text() != text:
             target.write_text(text)
-        names.append(path.name)
+        names.append(name)
     return names
