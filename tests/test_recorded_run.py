@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from _engine_helpers import cifar_tar_path
-from mae_from_scratch.recorded_runs import (CPU_RUN, MODEL_FILE, RECORDED, RECORDING, load_recorded_model,
-                                            load_recorded_run)
 from mae_from_scratch.model import create_model
+from mae_from_scratch.recorded_runs import (CPU_RUN, MODEL_FILE, RECORDED, RECORDING, load_recorded_experiments,
+                                            load_recorded_model, load_recorded_run)
 from mae_from_scratch.run_info import RUN_INFO, file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,3 +265,75 @@ def test_the_recorded_run_json_names_no_machine_path(tmp_path):
     shipped = json.loads((out / RUN_INFO).read_text())
     relative = "mae_from_scratch/recorded/" + CPU_RUN + "/eval.json"
     assert shipped == {"args": {"data_path": relative, "seed": 0}, "config": {"derived": {"data_path": relative}}}
+
+
+def _record_experiments_script():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import record_experiments
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    return record_experiments
+
+
+def test_the_recorded_experiments_are_complete_and_name_what_made_them():
+    """Every experiment chapter 9 shows is there, each with its time, commit and hardware;
+    the recording names its command (one the script accepts), the data by its sha256 (the
+    recorded run's archive) and no path of the machine that made it."""
+    script = _record_experiments_script()
+    exp = load_recorded_experiments()
+    expected = ({s["name"] for s in script.pretraining_runs()} | {s["name"] for s in script.finetuning_runs()}
+                | {"recorded-encoder"})
+    assert set(exp.runs) == expected
+    rec = exp.recording
+    assert rec["script"] == "tools/record_experiments.py"
+    args = script.get_parser().parse_args(rec["argv"])
+    assert not args.probe and args.max_images is None  # the whole data set, not a dry run
+    assert rec["data_sha256"] == load_recorded_run(CPU_RUN).run_info["data"]["sha256"]
+    assert rec["hardware"]["summary"] and len(rec["git_commit"].split("+")[0]) == 40
+    assert set(rec["experiments"]) == expected
+    for name, run in exp.runs.items():
+        assert run["name"] == name and run["wall_s"] > 0 and run["cpu_s"] > 0, name
+        assert run["finished"].startswith("20") and len(run["git_commit"].split("+")[0]) == 40, name
+    for s in _strings([rec, exp.runs]):
+        assert not (s.startswith("/") and Path(s).exists()), s
+    assert "recorded:" in exp.label and rec["hardware"]["summary"] in exp.label
+
+
+def _scores_are_consistent(encoder: dict, metrics=("val_knn", "test_knn", "test_linear_probe")) -> None:
+    for pool in ("cls", "mean"):
+        for metric in metrics:
+            assert 0.1 < encoder[pool][metric] < 1.0, (pool, metric)
+    assert encoder["pool_chosen_on_val"] == max(("cls", "mean"), key=lambda p: encoder[p]["val_knn"])
+
+
+def test_the_recorded_experiments_ran_what_they_say():
+    """Each pretraining ran the preset at its own mask ratio, seed and target on all of
+    CIFAR-10 for the recorded number of epochs; each fine-tuning row had the recipe the
+    chapter states (no layer decay from scratch, the blocks it names); the recorded
+    encoder, read back from its half-precision file, gives eval.json's test kNN again."""
+    script = _record_experiments_script()
+    exp = load_recorded_experiments()
+    args = script.get_parser().parse_args(exp.recording["argv"])
+    for spec in script.pretraining_runs():
+        run = exp.runs[spec["name"]]
+        argv = run["result"]["pretrain_argv"]
+        flag = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--")}
+        assert float(flag["--mask_ratio"]) == spec["mask_ratio"] and int(flag["--seed"]) == spec["seed"]
+        assert ("--norm_pix_loss" in argv) == spec["norm_pix_loss"] and ("--no_norm_pix_loss" in argv) != spec[
+            "norm_pix_loss"]
+        assert flag["--preset"] == "cpu_cifar10" and "--max_images" not in argv
+        assert int(flag["--epochs"]) == args.pretrain_epochs == len(run["result"]["train_loss_by_epoch"])
+        _scores_are_consistent(run["result"]["encoder"])
+    ev = load_recorded_run(CPU_RUN).eval
+    shipped = exp.runs["recorded-encoder"]["result"]
+    for pool in ("cls", "mean"):
+        assert shipped["trained"][pool]["test_knn"] == pytest.approx(ev[f"trained_{pool}"]["knn"], abs=0.005)
+    _scores_are_consistent(shipped["trained"], metrics=("val_knn", "test_knn"))
+    assert [b["block"] for b in shipped["blocks"]] == [1, 2, 3, 4] * 2
+    for spec in script.finetuning_runs():
+        res = exp.runs[spec["name"]]["result"]
+        assert res["layer_decay"] == (1.0 if spec["start"] == "scratch" else args.layer_decay)
+        assert res["trainable_blocks"] == (4 if spec["trainable_blocks"] is None else spec["trainable_blocks"])
+        assert res["labelled_images"] == args.finetune_images and res["epochs"] == args.finetune_epochs
+        assert len(res["val_accuracy"]) == args.finetune_epochs and 0.1 < res["accuracy"] < 1.0

@@ -551,7 +551,7 @@ def test_the_instructors_page_says_what_grading_guarantees():
 # ======================================================================================
 
 RECORD = {"run.json", "log.txt", "log_steps.jsonl", "mask_ratios.png", "attention.npz", "eval.json",
-          "recording.json"}
+          "model-fp16.pth", "recording.json"}
 
 @pytest.fixture(scope="module")
 def rr():
@@ -635,7 +635,7 @@ def test_an_out_that_holds_a_record_is_refused_before_anything_runs(rr, engine, 
     # --budget_min: the probe (which would fail here) comes after the check, as does training.
     msg = refusal(rr, ["--data_path", str(tmp_path / "data"), "--budget_min", "1", "--max_images", "64",
                        "--out", str(out), "--work", str(tmp_path / "other-work")])
-    assert msg == (f"--out {out} already holds a recorded run (attention.npz, eval.json, log.txt and 8 more); "
+    assert msg == (f"--out {out} already holds a recorded run (attention.npz, eval.json, log.txt and 9 more); "
                    "pass --overwrite to replace it, or choose another --out")
     assert len(engine) == 1 and tree(tmp_path) == before  # nothing written, not even the new --work
 

@@ -29,9 +29,11 @@ Artifacts are copied into ``--out`` as soon as each exists, so a run stopped
 midway still leaves what it did: ``run.json`` (what the engine writes for every
 run: hardware, commit, command, data, times), ``log.txt`` (per epoch),
 ``log_steps.jsonl`` (every step of the first 100, then every 10th),
-``recon/epoch-NNNN.png``, ``mask_ratios.png``, ``attention.npz``, ``eval.json``
-and ``recording.json`` (what this script did: its arguments, its probe, how long
-each part took).  No checkpoint is copied; every file stays under 1 MB.
+``recon/epoch-NNNN.png``, ``mask_ratios.png``, ``attention.npz``, ``eval.json``,
+``model-fp16.pth`` (the trained model in half precision, about 1.1 MB, which
+``recorded_runs.load_recorded_model`` loads) and ``recording.json`` (what this
+script did: its arguments, its probe, how long each part took, the model file's
+sha256).  No checkpoint is copied; every other file stays under 1 MB.
 
 A recording never mixes with an older one.  Before anything runs, the script
 refuses an ``--out`` that already holds a recorded run's files, and a ``--work``
@@ -71,7 +73,7 @@ from mae_from_scratch.linear_probe import linear_probe  # noqa: E402
 from mae_from_scratch.metrics import EPOCH_LOG, STEP_LOG, read_jsonl  # noqa: E402
 from mae_from_scratch.model import create_model  # noqa: E402
 from mae_from_scratch.pretrain import pretrain  # noqa: E402
-from mae_from_scratch.recorded_runs import RECORDING  # noqa: E402
+from mae_from_scratch.recorded_runs import MODEL_FILE, RECORDING, save_recorded_model  # noqa: E402
 from mae_from_scratch.run_config import parse_args as parse_pretrain_args  # noqa: E402
 from mae_from_scratch.run_folder import LAST_CHECKPOINT, holds_run  # noqa: E402
 from mae_from_scratch.run_info import RUN_INFO, cpu_seconds, file_sha256, hardware, write_json  # noqa: E402
@@ -83,7 +85,7 @@ KNN = dict(k=20, temperature=0.07)
 PROBE = dict(epochs=90, blr=0.1, weight_decay=0.0)
 STEP_LOG_DENSE = 100  # every step of the first 100 is kept, then every 10th
 # The files of a recorded run (the docstring's list), besides the pictures recon/epoch-NNNN.png.
-RECORD_FILES = (RUN_INFO, EPOCH_LOG, STEP_LOG, "mask_ratios.png", "attention.npz", "eval.json", RECORDING)
+RECORD_FILES = (RUN_INFO, EPOCH_LOG, STEP_LOG, "mask_ratios.png", "attention.npz", "eval.json", MODEL_FILE, RECORDING)
 RECON_PICTURE = re.compile(r"epoch-\d+\.png")
 
 
@@ -407,6 +409,9 @@ def record_run(a: argparse.Namespace) -> int:
     run_args.mean, run_args.std = list(info.mean), list(info.std)
     run_args.eval_max = a.eval_max
     model = result.model.eval()
+    # The trained model ships with the record (half precision, about 1.1 MB), named by its sha256.
+    recording["model_sha256"] = save_recorded_model(model, run_args.model, out / MODEL_FILE)
+    log(f"saved {MODEL_FILE}")
 
     # 3. Mask ratios and attention, on the pictured held-out images.
     t0 = time.perf_counter()
