@@ -336,4 +336,6 @@ def test_the_recorded_experiments_ran_what_they_say():
         assert res["layer_decay"] == (1.0 if spec["start"] == "scratch" else args.layer_decay)
         assert res["trainable_blocks"] == (4 if spec["trainable_blocks"] is None else spec["trainable_blocks"])
         assert res["labelled_images"] == args.finetune_images and res["epochs"] == args.finetune_epochs
+        per_class = res["labelled_per_class"]  # a shuffle of the training images, not the first classes
+        assert sum(per_class) == args.finetune_images and min(per_class) > 0.5 * args.finetune_images / 10
         assert len(res["val_accuracy"]) == args.finetune_epochs and 0.1 < res["accuracy"] < 1.0

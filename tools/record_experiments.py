@@ -21,7 +21,8 @@ before anything ran:
   validation kNN per pooling, beside a random encoder's, and the linear probe and kNN
   of every block's output;
 * **fine-tuning** (section 4 and Figure 9): on ``--finetune_images`` labelled
-  training images (none of the validation split), the recorded encoder fine-tuned
+  training images (a seeded draw, every class about equally; none of the validation
+  split), the recorded encoder fine-tuned
   with the package's recipe, against the same ViT from random weights with the
   paper's from-scratch recipe (no layer decay), two seeds each, at equal budgets;
   and partial fine-tuning of its last 0, 1 and 2 blocks (all 4 is the first row).
@@ -177,7 +178,13 @@ def run_recorded_encoder(a, d: Data) -> dict:
 def run_finetuning(spec: dict, a, d: Data) -> dict:
     info = D.dataset_info("cifar10")
     aug = D.build_dataset("cifar10", "train", a.data_path, transform=finetune_transform(32, info.mean, info.std))
-    labelled = d.fit_idx[:a.finetune_images]  # the first N of the sorted fit split: every class, no validation image
+    # N images of a seeded shuffle of the fit split (no validation image).  The split is sorted, and the
+    # image folders by class: its first N would be one or two classes.
+    order = torch.randperm(len(d.fit_idx), generator=torch.Generator().manual_seed(0))
+    labelled = [d.fit_idx[i] for i in order[:a.finetune_images].tolist()]
+    per_class = torch.bincount(d.ytr[labelled], minlength=10).tolist()
+    if min(per_class) == 0:
+        raise ValueError(f"the labelled images miss a class: {per_class} per class")
     if a.max_images:
         aug = D.subset(aug, a.max_images)
     g = torch.Generator().manual_seed(spec["seed"])
@@ -195,6 +202,7 @@ def run_finetuning(spec: dict, a, d: Data) -> dict:
                    layer_decay=layer_decay, trainable_blocks=spec["trainable_blocks"], val_loader=val_loader,
                    return_details=True, **FINETUNE)
     res["labelled_images"] = len(labelled)
+    res["labelled_per_class"] = per_class
     res["batch_size"] = a.finetune_batch
     res["val_accuracy"] = [round(v, 4) for v in res["val_accuracy"]]
     return res
@@ -241,13 +249,18 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rec_path = out / "recording.json"
     recording = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
-    recording.update({"script": "tools/record_experiments.py", "argv": argv if argv is not None else sys.argv[1:],
+    argv = argv if argv is not None else sys.argv[1:]
+    recording.setdefault("invocations", []).append(
+        {"argv": argv, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    recording.update({"script": "tools/record_experiments.py", "argv": argv,
                       "git_commit": git_commit(ROOT), "hardware": hardware("cpu"), "niceness": os.nice(0),
                       "data_sha256": file_sha256(a.data_path) if Path(a.data_path).is_file() else None,
                       "data_note": "a JPEG re-encoding of CIFAR-10 (Krizhevsky, 2009): close to, not identical "
                                    "with, the original images",
                       "finetune_recipe": FINETUNE, "knn": KNN, "linear_probe": PROBE})
     recording.setdefault("experiments", {})
+    if "probe" not in recording:  # the throughput the budgets were chosen from, measured on this machine
+        recording["probe"] = probe_throughput(a)
     write_json(rec_path, recording)
     d = Data(a)
     # The recorded encoder's experiments first: they are the cheapest, and chapter 9 leans on them most.
