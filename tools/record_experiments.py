@@ -3,7 +3,7 @@
     python tools/record_experiments.py --data_path ../shared/data/cifar10-jpeg.tar.gz --probe
     python tools/record_experiments.py --data_path ../shared/data/cifar10-jpeg.tar.gz \\
         --out mae_from_scratch/recorded/cifar10-cpu-experiments \\
-        --pretrain_epochs 6 --finetune_images 5000 --finetune_epochs 15
+        --pretrain_epochs 4 --finetune_images 5000 --finetune_epochs 8
 
 ``tools/record_run.py`` records one pretraining run; this script records many small
 ones and compares them, with the same provenance (hardware, commit, command, data
