@@ -19,6 +19,8 @@ except ImportError:  # Colab, a plain Jupyter, a script
 def glue(name: str, value, fmt: str = "") -> None:
     """Store ``value`` as ``name`` for the book's ``{glue:text}`` roles, or, where the book's
     tools are absent, print ``name: value`` formatted with ``fmt`` (the role's own format)."""
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):
+        value = value.item()  # a numpy or torch scalar: its repr would not parse as a number
     if _myst_glue is not None:
         _myst_glue(name, value, display=False)
         return
