@@ -9,6 +9,7 @@ leaves room for those and for nothing else.  (A bf16 or GPU record would need a 
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shlex
@@ -51,13 +52,17 @@ def test_run_json_names_what_produced_it():
     assert epochs[0] == 0 and epochs[-1] == run["epochs_run"] and len(epochs) >= 4
 
 
-def _record_run_script():
+def _tool(name: str):
+    """A script of tools/ imported as a module (tools/ is on the path only while it imports)."""
     sys.path.insert(0, str(ROOT / "tools"))
     try:
-        import record_run
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "tools"))
-    return record_run
+
+
+def _record_run_script():
+    return _tool("record_run")
 
 
 def _strings(obj):
@@ -268,12 +273,7 @@ def test_the_recorded_run_json_names_no_machine_path(tmp_path):
 
 
 def _record_experiments_script():
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import record_experiments
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
-    return record_experiments
+    return _tool("record_experiments")
 
 
 def test_the_recorded_experiments_are_complete_and_name_what_made_them():
