@@ -14,7 +14,7 @@ export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 # pip's notices about unused local package folders on some machines are noise.
 PIPQUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: venv mathjax book test unit nbval notebooks stamp lab clean
+.PHONY: venv mathjax book test test-long unit nbval notebooks stamp lab clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,10 +47,15 @@ book: venv
 # everything but the notebooks, one test per worker with torch on one thread each; then the
 # tests that run whole notebooks (marked `notebooks`), one test at a time, since each of them
 # runs its kernels two at a time itself.  `make unit` is the first part without the slow tests.
+# `make test-long` runs the few tests marked `long`: minutes each, for what a faster test in
+# `make test` checks too, more fully (the recorded model's kNN on the whole of CIFAR-10).
 WORKERS ?= 2
 test: book
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -m "not notebooks" -n $(WORKERS) --dist loadgroup --durations=15
-	$(BIN)/python -m pytest tests -m notebooks --durations=15
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -m "not notebooks and not long" -n $(WORKERS) --dist loadgroup --durations=15
+	$(BIN)/python -m pytest tests -m "notebooks and not long" --durations=15
+
+test-long: venv
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -m long -n $(WORKERS) --dist loadgroup --durations=15
 
 unit: venv
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -m "not slow" -n $(WORKERS) --dist loadgroup

@@ -12,6 +12,7 @@ test skips with the reason when either is missing; with ``CI=true`` it fails ins
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import os
@@ -26,8 +27,9 @@ import pytest
 import yaml
 
 # Slow as a whole (a Chromium per page, about 3 s each): they check the rendered book, which
-# `make test` builds and `make unit` does not.
-pytestmark = pytest.mark.slow
+# `make test` builds and `make unit` does not.  On one test worker, so that a page's two tests
+# share its one Chromium run (_probed).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(name="browser")]
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
@@ -110,8 +112,10 @@ window.addEventListener("load", function () {
 </script>"""
 
 
-def _overflowing_boxes(page: Path) -> list[dict]:
-    """The code boxes of ``page`` that scroll sideways in a 1280x800 window."""
+@functools.lru_cache(maxsize=None)
+def _probed(page: Path) -> tuple[str, list[dict]]:
+    """``page`` loaded in a 1280x800 window: its DOM once MathJax has typeset it (the virtual
+    time budget lets it finish), and the code boxes that scroll sideways."""
     probe = page.with_name(f"_overflow_probe_{page.name}")  # beside it, so relative links resolve
     probe.write_text(page.read_text().replace("</body>", _OVERFLOW_PROBE + "</body>"))
     try:
@@ -121,14 +125,16 @@ def _overflowing_boxes(page: Path) -> list[dict]:
     assert out.returncode == 0, out.stderr[-2000:]
     found = re.search(r'data-overflow="([^"]*)"', out.stdout)
     assert found, "the overflow probe did not run in the page"
-    return json.loads(html.unescape(found.group(1)))
+    return out.stdout, json.loads(html.unescape(found.group(1)))
+
+
+def _overflowing_boxes(page: Path) -> list[dict]:
+    """The code boxes of ``page`` that scroll sideways in a 1280x800 window."""
+    return _probed(page)[1]
 
 
 def _rendered_dom(page: Path) -> str:
-    # The virtual time budget lets MathJax finish typesetting before the DOM is dumped.
-    out = _run_chromium("--virtual-time-budget=20000", "--dump-dom", page.as_uri())
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout
+    return _probed(page)[0]
 
 
 @pytest.fixture(scope="module")

@@ -84,6 +84,9 @@ def colab_python(tmp_path_factory) -> Path:
     if not (py.is_file() and marker.is_file() and marker.read_text() == wanted):
         shutil.rmtree(VENV, ignore_errors=True)
         _run([sys.executable, "-m", "venv", str(VENV)])
+        # Colab's runtime comes with torch installed: here it is this environment's torch and
+        # torchvision with what they need, hard-linked in (5 GB that pip would unpack again).
+        _link_distributions(["torch", "torchvision"], py)
         _run([str(py), "-m", "pip", "install", "-q", *torch_pins, *COLAB_PACKAGES])
         marker.write_text(wanted)
     # As the setup cell installs it: not editable, its own dependencies, no extras.
@@ -91,6 +94,58 @@ def colab_python(tmp_path_factory) -> Path:
     _run([str(py), "-m", "pip", "install", "-q", str(wheel)])
     _run([str(py), "-m", "pip", "check"])
     return py
+
+
+def _requirement_closure(names: list[str]) -> list:
+    """The installed distributions ``names`` need, themselves included, extras followed."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found, seen, todo = {}, set(), [(name, "") for name in names]
+    while todo:
+        name, extra = todo.pop()
+        if (canonicalize_name(name), extra) in seen:
+            continue
+        seen.add((canonicalize_name(name), extra))
+        dist = metadata.distribution(name)
+        found[canonicalize_name(name)] = dist
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": extra}):
+                todo += [(req.name, "")] + [(req.name, e) for e in req.extras]
+    return list(found.values())
+
+
+def _link_distributions(names: list[str], python: Path) -> None:
+    """Install ``names`` and what they need into ``python``'s environment by hard-linking this
+    environment's files (a copy where the two are on different disks).  A distribution the new
+    environment already has in another version (setuptools) is uninstalled there first."""
+    from packaging.utils import canonicalize_name
+
+    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip())
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    present = {canonicalize_name(p.name.split("-")[0]) for p in site.glob("*.dist-info")}
+    for dist in _requirement_closure(names):
+        name = canonicalize_name(dist.metadata["Name"])
+        if name in present:
+            _run([str(python), "-m", "pip", "uninstall", "-q", "-y", name])
+        tops = {f.parts[0] for f in dist.files or [] if f.parts[0] not in ("..", "__pycache__")}
+        for top in sorted(tops):
+            src, dst = Path(dist.locate_file(top)), site / top
+            if dst.exists() or not src.exists():
+                continue  # a folder several distributions share (nvidia/), linked once
+            if src.is_dir():
+                shutil.copytree(src, dst, copy_function=link, symlinks=True)
+            else:
+                link(src, dst)
 
 
 def test_the_environment_is_like_colabs(colab_python):
