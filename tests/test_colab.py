@@ -38,7 +38,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-import _colab_env
+import _colab_env as colab_venv
 from mae_from_scratch import assignments as A
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.notebooks, pytest.mark.xdist_group(n
 def colab_python() -> Path:
     """The Colab-like environment (tests/_colab_env.py): `make test` builds and checks it in
     its first part (tests/test_colab_env.py); here it is ready, or brought up to date."""
-    return _colab_env.colab_python()
+    return colab_venv.colab_python()
 
 
 def _colab_kernel(folder: Path, python: Path) -> Path:

@@ -205,8 +205,9 @@ def _overwrites(book, nb):  # 4: overwrites a classmate's submission, by its abs
 
 def _detached(book, nb):  # 4: a detached process that outlives its notebook
     gradebook = book.parent / "out" / "grades.csv"
-    planted = book.parent / "late.txt"
-    script = (f"import os, time\nos.setsid()\ntime.sleep(8)\n"
+    planted, started = book.parent / "late.txt", book.parent / "detached-started.txt"
+    # Detached by start_new_session (a session of its own: out of the run's process group).
+    script = (f"import time\nopen({str(started)!r}, 'w').write(repr(time.time()))\ntime.sleep(8)\n"
               f"open({str(planted)!r}, 'w').write('x')\n"
               f"open({str(gradebook)!r}, 'w').write('student,passed\\nlate,1\\n')\n")
     return _insert_after(nb, "my_patchify-check", _code(f"""\
@@ -294,7 +295,10 @@ def graded(book, tmp_path_factory, monkeypatch_module):
     results = A.grade(folder, book / "notebooks" / "01_patches.ipynb", out, jobs=2,
                       cell_timeout=20, quiet=True, chapters_in_book=["01_patches"])
     written = out.read_text()
-    time.sleep(10)  # the detached process would have written by now
+    # The detached process started (it wrote down when) and would write 8 s later: wait
+    # until then, with a second to spare, if the other submissions took less.
+    started = float((book.parent / "detached-started.txt").read_text())
+    time.sleep(max(0.0, started + 9 - time.time()))
     with out.open() as f:
         rows = {r["student"]: r for r in csv.DictReader(f)}
     return rows, {r.student: r for r in results}, dict(
