@@ -522,30 +522,36 @@ def test_a_solved_submission_runs_the_chapter_itself(path):
 TRAINS = ("08", "09")
 
 
-def _up_to_the_last_exercise_check(nb, key, check: str | None = None):
-    """``nb`` cut after its last exercise check, or after ``check``: the cells below it
-    cannot change a verdict above it."""
+def _cut_after(nb, key, check: str | None = None):
+    """``nb`` cut after ``check``, or after the last exercise check: the cells below a check
+    cannot change its verdict, nor any above it."""
     checks = {check} if check else {g for g, e in A.exercise_of(key).items() if e is not None}
     last = max(i for i, c in enumerate(nb.cells) if A.grade_id(c) in checks)
     nb.cells = nb.cells[:last + 1]
     return nb
 
 
-def _grade_solved(name: str) -> A.Result:
-    key, nb = _key(name), _solved(name)
-    if name[:2] in TRAINS:
-        nb = _up_to_the_last_exercise_check(nb, key)
-        key = _up_to_the_last_exercise_check(copy.deepcopy(key), key)
+def _graded(student: str, chapter: str, nb, up_to: str | None = None, **kw) -> A.Result:
+    """``nb`` graded as a submission of ``chapter``; chapters 8 and 9 only up to the check
+    ``up_to``, or to their last exercise check."""
+    key = _key(chapter)
+    if chapter[:2] in TRAINS:
+        nb, key = _cut_after(nb, key, up_to), _cut_after(copy.deepcopy(key), key, up_to)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}.ipynb"
+        path = Path(tmp) / f"{chapter}.ipynb"
         nbformat.write(nb, path)
-        return A.grade_one("solved", path, key, cell_timeout=120)
+        return A.grade_one(student, path, key, **kw)
+
+
+def _grade_solved(name: str) -> A.Result:
+    return _graded("solved", name, _solved(name), cell_timeout=120)
 
 
 # Chapters whose reference solutions another test grades already, as a whole chapter with
 # nothing flagged: chapter 1 (test_the_command_line, alice) and chapter 2
 # (test_a_class_folder_gives_the_expected_table, alice).
 SOLVED_ELSEWHERE = ("01_patches", "02_masking")
+SOLVED_HERE = [p for p in CHAPTERS if p.stem not in SOLVED_ELSEWHERE]
 
 
 @pytest.fixture(scope="module")
@@ -554,14 +560,14 @@ def solved_grades() -> dict:
     time (each kernel on one thread): {chapter: Result}."""
     from concurrent.futures import ThreadPoolExecutor
 
-    names = sorted((p.stem for p in CHAPTERS if p.stem not in SOLVED_ELSEWHERE), reverse=True)
+    names = sorted((p.stem for p in SOLVED_HERE), reverse=True)
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(names, pool.map(_grade_solved, names)))
 
 
 @pytest.mark.slow
 @pytest.mark.notebooks
-@pytest.mark.parametrize("path", [p for p in CHAPTERS if p.stem not in SOLVED_ELSEWHERE], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SOLVED_HERE, ids=lambda p: p.stem)
 def test_the_reference_solutions_score_full_marks_unflagged(solved_grades, path):
     """Through the grader, with its kernel guard: every check passes, and nothing is
     flagged (the guard sees no package call that a check compares against)."""
@@ -660,15 +666,8 @@ BUILT_ON = {"unshuffle": ("Decoder-check",),
 
 
 def _grade_wrong(case) -> A.Result:
-    (chapter, gid), (source, check, _) = case
-    key, nb = _key(chapter), _with_solution(chapter, gid, source)
-    if chapter[:2] in TRAINS:  # up to the wrong answer's own check: it and the checks above it
-        nb = _up_to_the_last_exercise_check(nb, key, check)
-        key = _up_to_the_last_exercise_check(copy.deepcopy(key), key, check)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{chapter}.ipynb"
-        nbformat.write(nb, path)
-        return A.grade_one(gid, path, key)
+    (chapter, gid), (source, check, _) = case  # chapters 8 and 9: it and the checks above it
+    return _graded(gid, chapter, _with_solution(chapter, gid, source), up_to=check)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ the notebook sits alone in an empty folder, with no repository, no ``../shared``
 CIFAR-10 download.  These tests build that: a virtual environment (``.cache/colab-venv``,
 built by tests/_colab_env.py) with Colab's usual packages and this package installed from its
 wheel, a kernel that runs in it, and an empty working folder per notebook, with the network
-closed by a proxy that refuses every connection.  Each chapter then runs under nbval (``--nbval-lax``) on that
-kernel: every cell must run, and every ``# NBVAL_CHECK_OUTPUT`` cell must print what its
-saved output says.  This is the chapters' one nbval run in ``make test``; ``make nbval``
+closed by a proxy that refuses every connection.  Each chapter then runs under nbval
+(``--nbval-lax``) on that kernel: every cell must run, and every ``# NBVAL_CHECK_OUTPUT``
+cell must print what its saved output says.  This is the chapters' one nbval run in ``make test``; ``make nbval``
 runs it in place on the development kernel.
 
 The chapters run two at a time, each kernel on one thread (Colab's runtime gives torch its two
@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -40,6 +39,7 @@ import pytest
 
 import _colab_env as colab_venv
 from mae_from_scratch import assignments as A
+from mae_from_scratch.assignments.grading import nbval_alone
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = A.chapters(ROOT)
@@ -85,14 +85,11 @@ def _run_chapter(path: Path, python: Path, folder: Path) -> subprocess.Completed
     env = _colab_env(folder, _colab_kernel(folder / "jupyter", python))
     # Two chapters run side by side, each kernel on one thread: two cores kept busy.
     env["OMP_NUM_THREADS"] = "1"
-    # pytest and nbval run here; the notebook's kernel runs in the Colab-like environment.
-    # pytest with nbval alone, nothing assertion-rewritten: about 2 s less a chapter.
-    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "nbval", "-p", "no:cacheprovider", "--assert=plain",
-         "--rootdir", str(content),
-         "--nbval-lax", "--nbval-kernel-name", "colab", "--nbval-cell-timeout", "900", path.name],
-        cwd=content, env=env, capture_output=True, text=True, timeout=1800)
+    # pytest and nbval run here, as the grader runs them; the notebook's kernel runs in the
+    # Colab-like environment.
+    cmd, env = nbval_alone(["--rootdir", str(content), "--nbval-lax", "--nbval-kernel-name", "colab",
+                            "--nbval-cell-timeout", "900", path.name], env)
+    return subprocess.run(cmd, cwd=content, env=env, capture_output=True, text=True, timeout=1800)
 
 
 @pytest.fixture(scope="module")

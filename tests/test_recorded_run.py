@@ -61,8 +61,17 @@ def _tool(name: str):
         sys.path.remove(str(ROOT / "tools"))
 
 
-def _record_run_script():
-    return _tool("record_run")
+def _cifar_tar() -> Path:
+    """The CIFAR-10 archive the run was recorded and evaluated on, or a skip that says so."""
+    tar = cifar_tar_path()
+    if not tar.is_file():
+        pytest.skip(f"the CIFAR-10 archive the run was recorded on is not here ({tar})")
+    return tar
+
+
+def _recorded_argv(rec) -> list:
+    """The recorded run's pretraining flags, as its run.json's command gave them."""
+    return shlex.split(rec.run_info["command"])[3:]
 
 
 def _strings(obj):
@@ -97,7 +106,7 @@ def test_recording_json_is_what_the_script_accepts_and_names_no_machine_path():
     for name, obj in ((RECORDING, recording), (RUN_INFO, run)):
         bad = [t for t in _strings(obj) if ABSOLUTE_PATH.search(t)]
         assert not bad, f"{name} names absolute paths: {bad}"
-    script = _record_run_script()
+    script = _tool("record_run")
     a = script.parse_args(recording["argv"])  # SystemExit if the script refuses it
     assert a.out == FOLDER.relative_to(ROOT).as_posix()
     assert a.preset == run["preset"] and a.dataset == run["data"]["dataset"]
@@ -134,7 +143,7 @@ def test_evaluation_is_complete_and_consistent():
     protocol = ev["protocol"]
     assert protocol["test_images"] == CIFAR10_TEST_IMAGES and protocol["num_classes"] == CIFAR10_CLASSES
     assert protocol["train_images"] == CIFAR10_TRAIN_IMAGES == run["data"]["train_images"]
-    script = _record_run_script()
+    script = _tool("record_run")
     assert protocol["knn"] == script.KNN
     assert {k: protocol["linear_probe"][k] for k in script.PROBE} == script.PROBE
     assert protocol["tuning"].startswith("none")
@@ -205,9 +214,7 @@ def test_the_shipped_model_gives_the_recorded_attention():
     """The run saved its encoder's attention on the pictured held-out images (attention.npz,
     half precision) before the model was shipped: the shipped weights give those maps back
     to half precision's rounding (5e-4 measured; an untrained encoder misses by 0.49)."""
-    tar = cifar_tar_path()
-    if not tar.is_file():
-        pytest.skip(f"the CIFAR-10 archive the run was recorded on is not here ({tar})")
+    tar = _cifar_tar()
     import numpy as np
 
     from mae_from_scratch import data as D
@@ -216,7 +223,7 @@ def test_the_shipped_model_gives_the_recorded_attention():
     from mae_from_scratch.snapshots import heldout_images
 
     rec = load_recorded_run(CPU_RUN)
-    args = parse_args(shlex.split(rec.run_info["command"])[3:])
+    args = parse_args(_recorded_argv(rec))
     saved = np.load(RECORDED / CPU_RUN / "attention.npz")
     info = D.dataset_info(args.dataset)
     imgs, _, names = heldout_images(args.dataset, str(tar), len(saved["names"]), args.input_size, info.mean,
@@ -230,51 +237,41 @@ def test_the_shipped_model_gives_the_recorded_attention():
     assert (encoder_attention(untrained, imgs)[:, -1] - att[:, -1]).abs().max() > 0.1
 
 
-# Over two minutes on one core (60,000 images through the encoder): `make test-long`.
+# Minutes on one core (60,000 images through the encoder, once per pooling, as the recording
+# did): `make test-long`.
 @pytest.mark.slow
 @pytest.mark.long
 def test_the_shipped_model_reproduces_the_recorded_knn():
-    """Its frozen features give eval.json's kNN accuracies (cls and mean) within half a point,
-    on the whole CIFAR-10 splits: the half-precision weights are the run's encoder."""
-    tar = cifar_tar_path()
-    if not tar.is_file():
-        pytest.skip(f"the CIFAR-10 archive the run was evaluated on is not here ({tar})")
+    """Its frozen features, through the recording script's own decoding and feature
+    extraction, give eval.json's kNN accuracies (cls and mean) within half a point on the whole
+    CIFAR-10 splits: the half-precision weights are the run's encoder."""
+    tar = _cifar_tar()
     from mae_from_scratch import data as D
     from mae_from_scratch.knn import knn_accuracy
 
+    record_run = _tool("record_run")
     rec = load_recorded_run(CPU_RUN)
     info = D.dataset_info("cifar10")
     t = D.eval_transform(32, info.mean, info.std)
     train = D.build_dataset("cifar10", "train", str(tar), transform=t)
     test = D.build_dataset("cifar10", "test", str(tar), transform=t, classes=train.classes)
+    (xtr, ytr), (xte, yte) = record_run.decode(train, 2), record_run.decode(test, 2)
     model = load_recorded_model(CPU_RUN)
-
-    def features(ds):
-        feats, labels = [], []
-        with torch.no_grad():
-            for x, y in torch.utils.data.DataLoader(ds, batch_size=1000, num_workers=2):
-                tokens = model.forward_features(x, pool="none")
-                feats.append(torch.stack([tokens[:, 0], tokens[:, 1:].mean(dim=1)]))
-                labels.append(torch.as_tensor(y))
-        return torch.cat(feats, dim=1), torch.cat(labels)
-
-    (ftr, ytr), (fte, yte) = features(train), features(test)
-    for i, pool in enumerate(("cls", "mean")):
-        acc = knn_accuracy(ftr[i], ytr, fte[i], yte, num_classes=10, **rec.eval["protocol"]["knn"])
+    ftr, fte = record_run.features(model, xtr, ytr, "cpu"), record_run.features(model, xte, yte, "cpu")
+    for pool in ("cls", "mean"):
+        acc = knn_accuracy(ftr[pool], ytr, fte[pool], yte, num_classes=10, **rec.eval["protocol"]["knn"])
         assert acc == pytest.approx(rec.eval[f"trained_{pool}"]["knn"], abs=0.005), pool
 
 
 @pytest.mark.slow
 def test_replay_reproduces_the_first_logged_losses(tmp_path):
     rec = load_recorded_run(CPU_RUN)
-    tar = cifar_tar_path()
-    if not tar.is_file():
-        pytest.skip(f"the CIFAR-10 archive the run was recorded on is not here ({tar})")
+    tar = _cifar_tar()
     assert file_sha256(tar) == rec.run_info["data"]["sha256"], "a different CIFAR-10 archive than the recorded one"
     from mae_from_scratch.pretrain import pretrain
     from mae_from_scratch.run_config import parse_args
 
-    argv = shlex.split(rec.run_info["command"])[3:]
+    argv = _recorded_argv(rec)
     args = parse_args(argv)  # the preset's values under the flags, as the run saw them
     assert args.precision == "fp32" and args.device == "cpu"
     out = tmp_path / "replay"
@@ -291,7 +288,7 @@ def test_replay_reproduces_the_first_logged_losses(tmp_path):
 def test_the_recorded_run_json_names_no_machine_path(tmp_path):
     """The engine records the absolute data path it derived; the recording script turns every
     absolute path into one relative to the repository before run.json is shipped."""
-    record_run = _record_run_script()
+    record_run = _tool("record_run")
     work, out = tmp_path / "work", tmp_path / "out"
     work.mkdir()
     out.mkdir()
@@ -304,15 +301,11 @@ def test_the_recorded_run_json_names_no_machine_path(tmp_path):
     assert shipped == {"args": {"data_path": relative, "seed": 0}, "config": {"derived": {"data_path": relative}}}
 
 
-def _record_experiments_script():
-    return _tool("record_experiments")
-
-
 def test_the_recorded_experiments_are_complete_and_name_what_made_them():
     """Every experiment chapter 9 shows is there, each with its time, commit and hardware;
     the recording names its command (one the script accepts), the data by its sha256 (the
     recorded run's archive) and no path of the machine that made it."""
-    script = _record_experiments_script()
+    script = _tool("record_experiments")
     exp = load_recorded_experiments()
     expected = ({s["name"] for s in script.pretraining_runs()} | {s["name"] for s in script.finetuning_runs()}
                 | {"recorded-encoder"})
@@ -344,7 +337,7 @@ def test_the_recorded_experiments_ran_what_they_say():
     CIFAR-10 for the recorded number of epochs; each fine-tuning row had the recipe the
     chapter states (no layer decay from scratch, the blocks it names); the recorded
     encoder, read back from its half-precision file, gives eval.json's test kNN again."""
-    script = _record_experiments_script()
+    script = _tool("record_experiments")
     exp = load_recorded_experiments()
     args = script.get_parser().parse_args(exp.recording["argv"])
     for spec in script.pretraining_runs():

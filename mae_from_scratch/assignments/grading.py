@@ -148,6 +148,14 @@ def stop_run(run: str, pid: int | None = None) -> None:
             continue  # gone already, or another user's
 
 
+def nbval_alone(args: list, env: dict) -> tuple[list, dict]:
+    """``python -m pytest`` with nbval its only plugin, and its environment: whatever other
+    plugins the machine has are neither loaded nor given a say, and nothing is
+    assertion-rewritten (which, with no bytecode cache, cost about 2 s a run)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "nbval", "-p", "no:cacheprovider", "--assert=plain", *args]
+    return cmd, dict(env, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+
+
 def _run_nbval(nb, tmp: Path, cell_timeout: float, timeout: float, data) -> tuple:
     """One run of a grading notebook in ``tmp``: (verdicts, note, report lines)."""
     import nbformat
@@ -159,14 +167,9 @@ def _run_nbval(nb, tmp: Path, cell_timeout: float, timeout: float, data) -> tupl
     nbformat.write(nb, str(nb_path))
     (tmp / "pytest.ini").write_text("[pytest]\naddopts =\n")
     run = uuid.uuid4().hex
-    # pytest with nbval alone: whatever other plugins the grading machine has are neither
-    # loaded nor given a say, and nothing is assertion-rewritten (which, with no bytecode
-    # cache, cost about 2 s a submission).
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "nbval", "-p", "no:cacheprovider", "--assert=plain",
-           "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout}",
-           "--junitxml", str(tmp / "report.xml"), "-c", str(tmp / "pytest.ini"),
-           "--rootdir", str(work), str(nb_path)]
-    env = dict(grading_env(data, home, run), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    cmd, env = nbval_alone(["--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout}",
+                            "--junitxml", str(tmp / "report.xml"), "-c", str(tmp / "pytest.ini"),
+                            "--rootdir", str(work), str(nb_path)], grading_env(data, home, run))
     proc = subprocess.Popen(cmd, cwd=work, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
