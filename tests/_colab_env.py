@@ -51,14 +51,12 @@ def _sources_digest() -> str:
 
 def colab_python() -> Path:
     """The Colab-like environment's Python, built or brought up to date first."""
-    import torch
-    import torchvision
+    from importlib import metadata
 
     py = python_of(VENV)
-    # The same torch as the test environment (pip here takes it from the local disk); a
-    # build tag such as +cu130 names a wheel that pip finds by its plain version.
-    torch_pins = [f"torch=={torch.__version__.split('+')[0]}",
-                  f"torchvision=={torchvision.__version__.split('+')[0]}"]
+    # The same torch as the test environment (pip here takes it from the local disk), read
+    # without importing it; a build tag such as +cu130 names a wheel pip finds by its plain version.
+    torch_pins = [f"{name}=={metadata.version(name).split('+')[0]}" for name in ("torch", "torchvision")]
     marker, package_marker = VENV / "colab-packages.json", VENV / "package-sources.sha256"
     wanted = json.dumps(torch_pins + COLAB_PACKAGES)
     if not (py.is_file() and marker.is_file() and marker.read_text() == wanted):
